@@ -1,0 +1,30 @@
+# `make demo` and `make test` are the two commands; both set up .venv on first use.
+PYTHON_BASE ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg tools/install_detectron2.sh
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	bash tools/install_detectron2.sh $(PY)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) tools/demo_job.py --output-dir output/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_assignment.py
+	$(PY) benchmarks/bench_inference.py
+
+clean:
+	rm -rf output

@@ -1,0 +1,7 @@
+"""Mutual Guidance detector (Zhang et al., ACCV 2020) as a Detectron2 project.
+
+Importing the package registers its backbones, necks and meta-architecture.
+"""
+from .config import add_mutual_guide_config
+
+__all__ = ["add_mutual_guide_config"]

@@ -1,0 +1,83 @@
+"""Config keys of the Mutual Guidance project.
+
+`add_mutual_guide_config(cfg)` declares every key this project reads, on top of detectron2's defaults.
+Each section belongs to one part of the package; the comment on each key says what it changes.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_mutual_guide_config(cfg):
+    """Declare the project's keys and set detectron2 keys to the paper's values."""
+    _C = cfg
+
+    # ---------------------------------------------------------------- model
+    _C.MODEL.META_ARCHITECTURE = "MutualGuideDetector"
+    # Images are BGR 0-255 minus the ImageNet mean in BGR order, not divided (the paper's preprocessing).
+    _C.MODEL.PIXEL_MEAN = [104.0, 117.0, 123.0]
+    _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+
+    _C.MODEL.BACKBONE.NAME = "VGG16"  # one of VGG16, ResNet18, RepVGG, ShuffleNetV2
+    # ImageNet initialisation of the backbone: "" (none), "torchvision" (torchvision's published weights,
+    # downloaded by torchvision's own loader) or the path of a local file holding a torchvision-style state dict.
+    _C.MODEL.BACKBONE.PRETRAINED = ""
+    # Train-time RepVGG blocks (3x3 + 1x1 + identity branches) or deploy-time fused 3x3 convs.
+    _C.MODEL.BACKBONE.REPVGG_DEPLOY = False
+
+    _C.MODEL.NECK = CN()
+    _C.MODEL.NECK.NAME = "FPN"  # one of SSD, FPN, PAFPN, RFB (NECK_REGISTRY)
+    _C.MODEL.NECK.OUT_CHANNELS = 128  # channels of every pyramid level
+    # "BN" or "SyncBN": normalisation in the neck and backbone (SyncBN synchronises statistics across processes).
+    _C.MODEL.NECK.NORM = "BN"
+
+    _C.MODEL.MUTUAL_GUIDE = CN()
+    _C.MODEL.MUTUAL_GUIDE.ENABLED = True  # True: mutual guidance assignment; False: the IoU baseline
+    _C.MODEL.MUTUAL_GUIDE.NUM_CLASSES = 80  # object classes, without background
+    _C.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE = 24.0  # anchor side at stride 8; level k uses BASE * 2**k
+    _C.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS = [0.4, 0.5]  # below the first: negative; at or above the second: positive
+    _C.MODEL.MUTUAL_GUIDE.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD variances 0.1/0.2
+    _C.MODEL.MUTUAL_GUIDE.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.MUTUAL_GUIDE.FOCAL_LOSS_GAMMA = 1.0  # the paper's code uses 1.0, not RetinaNet's 2.0
+    _C.MODEL.MUTUAL_GUIDE.BALANCED_L1_ALPHA = 0.5
+    _C.MODEL.MUTUAL_GUIDE.BALANCED_L1_GAMMA = 1.5
+    _C.MODEL.MUTUAL_GUIDE.BALANCED_L1_BETA = 0.11
+    _C.MODEL.MUTUAL_GUIDE.LOSS_CLS_WEIGHT = 1.0
+    _C.MODEL.MUTUAL_GUIDE.LOSS_BOX_REG_WEIGHT = 1.0
+    _C.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST = 0.005  # per-class score kept before NMS
+    _C.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST = 0.5  # per-class NMS IoU
+    # Fold BatchNorm into the preceding convolutions when the model is put in eval mode (outputs unchanged).
+    _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True
+    _C.TEST.DETECTIONS_PER_IMAGE = 300
+
+    # ---------------------------------------------------------------- input and augmentation
+    _C.INPUT.SIZE = 320  # square input side (multiple of 64); 4 pyramid levels below 512, 5 from 512
+    _C.INPUT.FORMAT = "BGR"
+    _C.INPUT.MG_AUGMENT = True  # the paper's SSD-style train-time augmentation; False: resize only
+    _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out expansion up to this ratio
+    _C.INPUT.EXPAND_PROB = 0.6
+    _C.INPUT.MIN_BOX_SIDE_RATIO = 0.01  # drop boxes whose shorter side falls under this fraction of the image
+
+    # ---------------------------------------------------------------- datasets
+    # Datasets declared without code. Each entry is a string "name:format:key=value;key=value":
+    #   "mydata_train:voc:root=/data/mine;split=train;classes=cat,dog"
+    #   "mydata_val:coco:json=/data/mine/val.json;images=/data/mine/images"
+    # They are registered before the trainer builds its loaders, so DATASETS.TRAIN/TEST may name them.
+    _C.DATASETS.CUSTOM = []
+
+    # ---------------------------------------------------------------- solver (the paper's schedule)
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+    _C.SOLVER.BASE_LR = 0.01
+    _C.SOLVER.MOMENTUM = 0.9
+    _C.SOLVER.WEIGHT_DECAY = 5e-4
+    _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    _C.SOLVER.BIAS_LR_FACTOR = 1.0
+    _C.SOLVER.IMS_PER_BATCH = 32
+    _C.SOLVER.WARMUP_ITERS = 500
+    _C.SOLVER.WARMUP_FACTOR = 1e-3
+    _C.SOLVER.WARMUP_METHOD = "linear"
+
+    # ---------------------------------------------------------------- evaluation and drawing
+    _C.TEST.DRAW = False  # draw predictions of an evaluation run into OUTPUT_DIR/draw/<dataset>/
+    _C.TEST.DRAW_SCORE_THRESH = 0.3  # predictions drawn from this score
+    return cfg
