@@ -1,7 +1,4 @@
-"""Mutual Guidance detector (Zhang et al., ACCV 2020) as a Detectron2 project.
-
-Importing the package registers its backbones, necks and meta-architecture.
-"""
+"""Mutual Guidance detector (Zhang et al., ACCV 2020) as a Detectron2 project."""
 from .config import add_mutual_guide_config
 
 __all__ = ["add_mutual_guide_config"]

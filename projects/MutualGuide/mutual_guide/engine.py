@@ -1,0 +1,64 @@
+"""Pieces of the training loop that differ from detectron2's defaults."""
+import logging
+import os
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import detectron2.utils.comm as comm
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+
+from .drawing import PredictionDrawer
+
+__all__ = ["build_dataset_evaluator", "check_amp_supported", "create_ddp_model_any_device"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_dataset_evaluator(cfg, dataset_name, output_folder=None):
+    """
+    The evaluator the dataset's `evaluator_type` asks for: "pascal_voc" (AP over IoU .50:.95, AP50, AP75; the
+    11-point metric for 2007 data) or "coco". With TEST.DRAW, predictions are also drawn into
+    OUTPUT_DIR/draw/<dataset>/.
+    """
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "pascal_voc":
+        evaluator = PascalVOCDetectionEvaluator(dataset_name)
+    elif evaluator_type == "coco":
+        evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+    else:
+        raise ValueError(
+            f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'pascal_voc' or 'coco' "
+            "(set it with MetadataCatalog.get(name).evaluator_type)"
+        )
+    if not cfg.TEST.DRAW:
+        return evaluator
+    drawer = PredictionDrawer(
+        dataset_name, os.path.join(cfg.OUTPUT_DIR, "draw", dataset_name), cfg.TEST.DRAW_SCORE_THRESH
+    )
+    return DatasetEvaluators([evaluator, drawer])
+
+
+def check_amp_supported(cfg):
+    """Mixed precision needs CUDA here (detectron2's AMPTrainer uses CUDA autocast): refuse it clearly."""
+    if cfg.SOLVER.AMP.ENABLED and not (cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED=True needs a CUDA device, but MODEL.DEVICE={cfg.MODEL.DEVICE!r} "
+            f"(CUDA available: {torch.cuda.is_available()}). Set SOLVER.AMP.ENABLED False to train in float32."
+        )
+
+
+def create_ddp_model_any_device(model, **kwargs):
+    """
+    detectron2's create_ddp_model, also for CPU models: it always passes `device_ids=[local_rank]`, which
+    DistributedDataParallel rejects for a module on the CPU (gloo training); CPU modules get device_ids=None.
+    """
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).device.type == "cuda":
+        kwargs.setdefault("device_ids", [comm.get_local_rank()])
+    else:
+        kwargs["device_ids"] = None
+    return DistributedDataParallel(model, **kwargs)
