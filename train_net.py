@@ -7,14 +7,11 @@ Train and evaluate Mutual Guidance detectors, as detectron2's tools/train_net.py
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
 """
 import logging
-import os
 import weakref
-
-import torch
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -30,7 +27,14 @@ from detectron2.utils.logger import setup_logger
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.checkpoint import MutualGuideCheckpointer
 from mutual_guide.data import MutualGuideDatasetMapper, register_custom_datasets
-from mutual_guide.engine import build_dataset_evaluator, check_amp_supported, create_ddp_model_any_device
+from mutual_guide.engine import (
+    build_dataset_evaluator,
+    check_amp_supported,
+    check_num_classes,
+    convert_sync_batchnorm,
+    create_ddp_model_any_device,
+    load_imagenet_backbone,
+)
 
 
 class Trainer(DefaultTrainer):
@@ -59,12 +63,33 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        return convert_sync_batchnorm(model, cfg)
+
+    def resume_or_load(self, resume=True):
+        """
+        Resume from OUTPUT_DIR's last checkpoint, else load MODEL.WEIGHTS, else start from the ImageNet
+        backbone named by MODEL.BACKBONE.PRETRAINED (the paper's initialisation) or from scratch.
+        """
+        if (resume and self.checkpointer.has_checkpoint()) or self.cfg.MODEL.WEIGHTS:
+            return super().resume_or_load(resume=resume)
+        if self.cfg.MODEL.BACKBONE.PRETRAINED:
+            model = self.model.module if hasattr(self.model, "module") else self.model
+            load_imagenet_backbone(model.backbone, self.cfg)
+        self.start_iter = 0
+
+    @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=MutualGuideDatasetMapper(cfg, is_train=True))
+        loader = build_detection_train_loader(cfg, mapper=MutualGuideDatasetMapper(cfg, is_train=True))
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=MutualGuideDatasetMapper(cfg, is_train=False))
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=MutualGuideDatasetMapper(cfg, is_train=False))
+        check_num_classes(cfg, [dataset_name])
+        return loader
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -17,8 +17,9 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 
     _C.MODEL.BACKBONE.NAME = "VGG16"  # one of VGG16, ResNet18, RepVGG, ShuffleNetV2
-    # ImageNet initialisation of the backbone: "" (none), "torchvision" (torchvision's published weights,
-    # downloaded by torchvision's own loader) or the path of a local file holding a torchvision-style state dict.
+    # ImageNet initialisation of the backbone, applied by the trainer when a training run starts without
+    # MODEL.WEIGHTS (never by build_model): "" (none), "torchvision" (torchvision's published weights, fetched by
+    # torchvision's own loader) or the path of a local file holding a torchvision-style state dict.
     _C.MODEL.BACKBONE.PRETRAINED = ""
     # Train-time RepVGG blocks (3x3 + 1x1 + identity branches) or deploy-time fused 3x3 convs.
     _C.MODEL.BACKBONE.REPVGG_DEPLOY = False
@@ -26,8 +27,6 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.NECK = CN()
     _C.MODEL.NECK.NAME = "FPN"  # one of SSD, FPN, PAFPN, RFB (NECK_REGISTRY)
     _C.MODEL.NECK.OUT_CHANNELS = 128  # channels of every pyramid level
-    # "BN" or "SyncBN": normalisation in the neck and backbone (SyncBN synchronises statistics across processes).
-    _C.MODEL.NECK.NORM = "BN"
 
     _C.MODEL.MUTUAL_GUIDE = CN()
     _C.MODEL.MUTUAL_GUIDE.ENABLED = True  # True: mutual guidance assignment; False: the IoU baseline
@@ -46,6 +45,8 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST = 0.5  # per-class NMS IoU
     # Fold BatchNorm into the preceding convolutions when the model is put in eval mode (outputs unchanged).
     _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True
+    # Multi-process training: synchronise BatchNorm statistics across processes (GPUs only).
+    _C.MODEL.MUTUAL_GUIDE.SYNC_BN = False
     _C.TEST.DETECTIONS_PER_IMAGE = 300
 
     # ---------------------------------------------------------------- input and augmentation

@@ -3,6 +3,7 @@ import logging
 import os
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
@@ -11,7 +12,14 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDet
 
 from .drawing import PredictionDrawer
 
-__all__ = ["build_dataset_evaluator", "check_amp_supported", "create_ddp_model_any_device"]
+__all__ = [
+    "build_dataset_evaluator",
+    "check_amp_supported",
+    "check_num_classes",
+    "convert_sync_batchnorm",
+    "create_ddp_model_any_device",
+    "load_imagenet_backbone",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +70,42 @@ def create_ddp_model_any_device(model, **kwargs):
     else:
         kwargs["device_ids"] = None
     return DistributedDataParallel(model, **kwargs)
+
+
+def check_num_classes(cfg, dataset_names):
+    """MODEL.MUTUAL_GUIDE.NUM_CLASSES must equal the number of classes of every dataset used."""
+    expected = cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != expected:
+            raise ValueError(
+                f"Dataset {name!r} has {len(classes)} classes but MODEL.MUTUAL_GUIDE.NUM_CLASSES={expected}; "
+                f"set MODEL.MUTUAL_GUIDE.NUM_CLASSES {len(classes)}"
+            )
+
+
+def convert_sync_batchnorm(model, cfg):
+    """
+    With MODEL.MUTUAL_GUIDE.SYNC_BN, every BatchNorm becomes a SyncBatchNorm (statistics over all processes).
+    PyTorch's SyncBatchNorm runs on GPUs only, so on a CPU run it is refused with a warning (plain BatchNorm,
+    per-process statistics) rather than failing at the first iteration.
+    """
+    if not cfg.MODEL.MUTUAL_GUIDE.SYNC_BN or comm.get_world_size() == 1:
+        return model
+    if not cfg.MODEL.DEVICE.startswith("cuda"):
+        logger.warning(
+            "MODEL.MUTUAL_GUIDE.SYNC_BN=True is ignored on MODEL.DEVICE=%r: PyTorch's SyncBatchNorm needs CUDA; "
+            "BatchNorm statistics stay per process.",
+            cfg.MODEL.DEVICE,
+        )
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def load_imagenet_backbone(backbone, cfg):
+    """The paper's initialisation: ImageNet weights into the backbone, as MODEL.BACKBONE.PRETRAINED says."""
+    from .backbone import load_pretrained_backbone
+
+    spec = cfg.MODEL.BACKBONE.PRETRAINED
+    load_pretrained_backbone(backbone, cfg.MODEL.BACKBONE.NAME, spec)
+    logger.info("Backbone %s initialised from %s", cfg.MODEL.BACKBONE.NAME, spec)
