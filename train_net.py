@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.checkpoint import MutualGuideCheckpointer
-from mutual_guide.data import MutualGuideDatasetMapper, register_custom_datasets
+from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
 from mutual_guide.engine import (
     build_dataset_evaluator,
     check_amp_supported,
@@ -107,6 +107,8 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutual_guide")
     register_custom_datasets(cfg)
+    # A missing dataset folder stops the run now, naming the path and the expected layout.
+    check_dataset_paths(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     return cfg
 
 
