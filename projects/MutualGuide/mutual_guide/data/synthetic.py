@@ -32,7 +32,7 @@ def _background(rng, size):
         t = np.clip((np.cos(angle) * xx + np.sin(angle) * yy + 1) / 2, 0, 1)[..., None]
         img = base * (1 - t) + other * t
     else:  # texture of thin random lines
-        img = np.empty((size, size, 3)) + base
+        img = np.zeros((size, size, 3)) + base
         for _ in range(rng.randint(5, 15)):
             p0, p1 = rng.randint(0, size, size=2), rng.randint(0, size, size=2)
             colour = np.clip(base + rng.uniform(-50, 50, size=3), 0, 255)

@@ -1,0 +1,67 @@
+"""Inference-time rewrites that keep a trained network's outputs: RepVGG re-parameterisation, BN folding."""
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .backbone.repvgg import RepVGGBlock
+
+__all__ = ["fuse_repvgg_blocks", "fold_batchnorm"]
+
+
+def fuse_repvgg_blocks(model: nn.Module) -> nn.Module:
+    """Every RepVGG block of `model` to its deploy form (one 3x3 conv with bias), in place; use in eval mode."""
+    for module in model.modules():
+        if isinstance(module, RepVGGBlock):
+            module.switch_to_deploy()
+    return model
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: _BatchNorm) -> None:
+    """conv <- bn(conv(.)) with bn's running statistics."""
+    t = bn.weight / (bn.running_var + bn.eps).sqrt() if bn.affine else 1.0 / (bn.running_var + bn.eps).sqrt()
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(t.reshape(-1, 1, 1, 1))
+    new_bias = (bias - bn.running_mean) * t + shift
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+def _foldable(conv, bn) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, _BatchNorm)
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.num_features == conv.out_channels
+    )
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """
+    Fold every eval-mode BatchNorm that directly follows a conv into that conv and replace it by nn.Identity,
+    in place. "Directly follows" is read from the structure, never guessed from the forward pass:
+    consecutive children of an nn.Sequential (VGG, ShuffleNet, downsample and RepVGG branches), or attribute
+    pairs `conv<s>` / `bn<s>` of one module (the necks' ConvBNReLU, torchvision's BasicBlock, ResNet's stem).
+    BatchNorms in training mode or without a preceding conv (RepVGG's identity branch) are left alone.
+    """
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+                if _foldable(conv, bn):
+                    _fold(conv, bn)
+                    setattr(module, bn_name, nn.Identity())
+            continue
+        for name, child in list(module.named_children()):
+            if not name.startswith("bn"):
+                continue
+            conv = getattr(module, "conv" + name[2:], None)
+            if _foldable(conv, child):
+                _fold(conv, child)
+                setattr(module, name, nn.Identity())
+    return model

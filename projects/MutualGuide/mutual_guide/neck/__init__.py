@@ -1,0 +1,45 @@
+"""Necks: turn the backbone's stride-8 and stride-16 maps into a pyramid of equal-width maps.
+
+`build_neck(cfg, input_shapes)` builds the one named by MODEL.NECK.NAME from NECK_REGISTRY. Every neck has
+`num_levels`, `out_channels` and `forward([s8, s16]) -> [level 0 (stride 8), level 1 (stride 16), ...]`.
+"""
+from typing import Dict
+
+from detectron2.layers import ShapeSpec
+from detectron2.utils.registry import Registry
+from torch import nn
+
+NECK_REGISTRY = Registry("NECK")
+NECK_REGISTRY.__doc__ = """
+Necks of the Mutual Guidance detector, registered as builder functions named after MODEL.NECK.NAME
+("SSD", "FPN", "PAFPN", "RFB"), called as `builder(cfg, in_channels: List[int], num_levels: int)`.
+"""
+
+__all__ = ["NECK_REGISTRY", "build_neck"]
+
+
+def build_neck(cfg, input_shapes: Dict[str, ShapeSpec]) -> nn.Module:
+    """
+    The neck named by cfg.MODEL.NECK.NAME, fed the backbone maps of `input_shapes` ordered by stride.
+
+    The number of levels follows the input size (`anchors.num_levels_for(cfg.INPUT.SIZE)`): 4 below 512, else 5.
+    MODEL.NECK.NORM (when declared) must be "BN" or "SyncBN"; both build nn.BatchNorm2d here, SyncBN being a
+    conversion made later by the trainer.
+    """
+    from ..anchors import num_levels_for
+
+    norm = cfg.MODEL.NECK.get("NORM", "BN")
+    if norm not in ("BN", "SyncBN"):
+        raise ValueError(f"MODEL.NECK.NORM must be 'BN' or 'SyncBN', got {norm!r}")
+    shapes = sorted(input_shapes.values(), key=lambda s: s.stride)
+    if [s.stride for s in shapes] != [8, 16]:
+        raise ValueError(f"Necks need backbone maps of strides 8 and 16, got {[s.stride for s in shapes]}")
+    builder = NECK_REGISTRY.get(cfg.MODEL.NECK.NAME)
+    return builder(
+        in_channels=[s.channels for s in shapes],
+        num_levels=num_levels_for(cfg.INPUT.SIZE),
+        out_channels=cfg.MODEL.NECK.OUT_CHANNELS,
+    )
+
+
+from . import fpn, pafpn, rfb, ssd  # noqa: E402,F401  (register the necks)

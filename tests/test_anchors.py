@@ -1,0 +1,67 @@
+"""Anchors: the authors' PriorBox layout, as XYXY pixels."""
+import math
+from itertools import product
+
+import pytest
+import torch
+
+from mutual_guide.anchors import generate_anchors, num_levels_for
+
+R2 = math.sqrt(2.0)
+
+
+def plain_loop_anchors(size, base, num_levels):
+    """The authors' PriorBox written as plain loops: normalised (cx, cy, w, h) clamped to [0, 1], then XYXY."""
+    out = []
+    for k in range(num_levels):
+        f = math.ceil(size / 2 ** (3 + k))
+        for i, j in product(range(f), range(f)):
+            cx, cy = (j + 0.5) / f, (i + 0.5) / f
+            a = base * 2**k / size
+            for side in (a, a * R2):
+                for w, h in ((side, side), (side * R2, side / R2), (side / R2, side * R2)):
+                    cx_, cy_, w_, h_ = (min(max(v, 0.0), 1.0) for v in (cx, cy, w, h))
+                    out.append([(cx_ - w_ / 2) * size, (cy_ - h_ / 2) * size, (cx_ + w_ / 2) * size, (cy_ + h_ / 2) * size])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("size,levels", [(64, 4), (320, 4), (448, 4), (512, 5), (640, 5)])
+def test_num_levels(size, levels):
+    assert num_levels_for(size) == levels
+
+
+@pytest.mark.parametrize("size,count", [(64, 6 * (64 + 16 + 4 + 1)), (320, 12750), (512, 32736)])
+def test_count(size, count):
+    assert generate_anchors(size, 24.0, num_levels_for(size)).shape == (count, 4)
+
+
+def test_small_case_by_hand():
+    # S = 64, base 24: map sides 8, 4, 2, 1; anchor sides 24, 48, 96, 192 pixels
+    anchors = generate_anchors(64, 24.0, 4)
+    assert anchors.dtype == torch.float32
+    h = 24 * R2 / 2  # half of a*sqrt2
+    expected_first = [
+        [-8.0, -8.0, 16.0, 16.0],  # 24 x 24 around (4, 4)
+        [4 - h, 4 - h / 2, 4 + h, 4 + h / 2],  # 33.94 wide x 16.97 tall
+        [4 - h / 2, 4 - h, 4 + h / 2, 4 + h],
+        [4 - h, 4 - h, 4 + h, 4 + h],  # (24 sqrt2) squared
+        [-20.0, -8.0, 28.0, 16.0],  # 48 x 24
+        [-8.0, -20.0, 16.0, 28.0],  # 24 x 48
+    ]
+    torch.testing.assert_close(anchors[:6], torch.tensor(expected_first), rtol=0, atol=1e-5)
+    # row-major: level 0, row 1, column 0 is location 8, centred at (4, 12)
+    torch.testing.assert_close(anchors[48], torch.tensor([-8.0, 0.0, 16.0, 24.0]))
+    # level 2 (2 x 2 map), first location: 96 pixels clamped to 64 in width and height, the centre stays at
+    # (16, 16), so the box leaves the image: the clamp is on w/h, not on the corners
+    first_level2 = 6 * (64 + 16)
+    torch.testing.assert_close(anchors[first_level2], torch.tensor([-16.0, -16.0, 48.0, 48.0]))
+    # level 3 (one location at (32, 32)): every anchor is larger than the image, all become the whole image
+    torch.testing.assert_close(anchors[-6:], torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 6))
+
+
+@pytest.mark.parametrize("size,base", [(320, 24.0), (512, 24.0), (384, 32.0)])
+def test_matches_plain_loop_oracle(size, base):
+    ours = generate_anchors(size, base, num_levels_for(size)).double()
+    oracle = plain_loop_anchors(size, base, num_levels_for(size))
+    assert ours.shape == oracle.shape
+    torch.testing.assert_close(ours, oracle, rtol=0, atol=1e-4)

@@ -1,0 +1,111 @@
+"""Inference rewrites keep the outputs: BatchNorm folding and RepVGG re-parameterisation."""
+import torch
+from torch import nn
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import mutual_guide.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.meta_arch  # noqa: F401
+from mutual_guide.backbone.repvgg import RepVGGBackbone, RepVGGBlock
+from mutual_guide.config import add_mutual_guide_config
+from mutual_guide.deploy import fold_batchnorm, fuse_repvgg_blocks
+
+
+def make_model(backbone, neck="PAFPN", size=320):
+    cfg = get_cfg()
+    add_mutual_guide_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = backbone
+    cfg.MODEL.NECK.NAME = neck
+    cfg.INPUT.SIZE = size
+    return build_model(cfg)
+
+
+def randomize_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model
+
+
+def count_bn(model):
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_fold_batchnorm_keeps_detector_outputs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    for backbone, neck in [("ResNet18", "PAFPN"), ("ShuffleNetV2", "RFB")]:
+        model = randomize_batchnorm(make_model(backbone, neck)).eval()
+        with torch.no_grad():
+            before = model.predict(x)
+            assert count_bn(model) > 20
+            fold_batchnorm(model)
+            assert count_bn(model) == 0  # every BN of these networks follows a conv
+            after = model.predict(x)
+        for b, a in zip(before, after):
+            assert relative_error(a, b) < 1e-4, (backbone, neck)
+
+
+def test_fold_batchnorm_leaves_training_batchnorm_alone():
+    model = make_model("ShuffleNetV2", "SSD")
+    model.train()
+    n = count_bn(model)
+    fold_batchnorm(model)
+    assert count_bn(model) == n
+
+
+def test_fuse_repvgg_blocks_keeps_outputs_and_matches_deploy_build():
+    torch.manual_seed(0)
+    backbone = randomize_batchnorm(RepVGGBackbone()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = backbone(x)
+        fuse_repvgg_blocks(backbone)
+        after = backbone(x)
+    assert all(b.deploy for b in backbone.modules() if isinstance(b, RepVGGBlock))
+    assert count_bn(backbone) == 0
+    for name in ("s8", "s16"):
+        assert relative_error(after[name], before[name]) < 1e-4
+
+    # the fused weights are exactly the state dict of a backbone built in deploy form (REPVGG_DEPLOY True)
+    deploy = RepVGGBackbone(deploy=True).eval()
+    assert deploy.state_dict().keys() == backbone.state_dict().keys()
+    deploy.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        assert torch.equal(deploy(x)["s16"], after["s16"])
+
+
+def test_repvgg_block_identity_branch_fuses():
+    block = randomize_batchnorm(RepVGGBlock(16, 16, stride=1)).eval()
+    assert block.rbr_identity is not None
+    x = torch.randn(1, 16, 9, 9)
+    with torch.no_grad():
+        before = block(x)
+        block.switch_to_deploy()
+        after = block(x)
+    assert relative_error(after, before) < 1e-5
+    assert set(dict(block.named_parameters())) == {"rbr_reparam.weight", "rbr_reparam.bias"}
+
+
+def test_fuse_for_inference_on_repvgg_detector():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(make_model("RepVGG", "FPN")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model.predict(x)
+        model.fuse_for_inference()
+        after = model.predict(x)
+    assert count_bn(model) == 0
+    for b, a in zip(before, after):
+        assert relative_error(a, b) < 1e-4

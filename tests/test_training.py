@@ -1,0 +1,154 @@
+"""End to end on the CPU: train on a tiny generated dataset, evaluate, evaluate again with --eval-only, resume."""
+import json
+import os
+
+import pytest
+import torch
+
+from detectron2.engine import HookBase, default_argument_parser
+
+import train_net
+from conftest import ROOT
+from mutual_guide.data import make_synthetic_dataset
+
+CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return make_synthetic_dataset(str(root), fmt="coco", num_train=16, num_test=8, image_size=128, seed=0, name="tshapes")
+
+
+def args_for(info, output_dir, *opts, eval_only=False, resume=False):
+    argv = ["--config-file", CONFIG]
+    argv += ["--eval-only"] if eval_only else []
+    argv += ["--resume"] if resume else []
+    argv += [
+        "OUTPUT_DIR", str(output_dir),
+        "DATASETS.CUSTOM", str(info["custom_specs"]),
+        "DATASETS.TRAIN", "('tshapes_train',)",
+        "DATASETS.TEST", "('tshapes_test',)",
+        "MODEL.MUTUAL_GUIDE.NUM_CLASSES", "3",
+        "INPUT.SIZE", "128",
+        "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.IMS_PER_BATCH", "4",
+        "SOLVER.WARMUP_ITERS", "5",
+        "SOLVER.BASE_LR", "0.02",
+    ]
+    return default_argument_parser().parse_args(argv + [str(o) for o in opts])
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_detections(output_dir):
+    path = os.path.join(output_dir, "inference", "tshapes_test", "coco_instances_results.json")
+    with open(path) as f:
+        dets = json.load(f)
+    return sorted((d["image_id"], d["category_id"], round(d["score"], 4), *[round(v, 1) for v in d["bbox"]]) for d in dets)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """A 60-iteration run that evaluates at its end (the trainer's own evaluation, unfused model)."""
+    out = tmp_path_factory.mktemp("train")
+    args = args_for(shapes, out, "SOLVER.MAX_ITER", 60, "TEST.EVAL_PERIOD", 60, "SOLVER.CHECKPOINT_PERIOD", 30)
+    results = train_net.main(args)
+    return out, results
+
+
+def test_short_training_lowers_the_loss(trained):
+    out, _ = trained
+    losses = [m["total_loss"] for m in read_metrics(out) if "total_loss" in m]
+    assert len(losses) >= 3, losses
+    assert losses[-1] < 0.7 * losses[0], f"loss did not go down: {losses}"
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert os.path.isfile(os.path.join(out, "model_0000029.pth"))
+
+
+def test_training_ends_with_an_evaluation(trained):
+    out, results = trained
+    assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
+    assert len(read_detections(out)) > 0
+
+
+def test_eval_only_gives_the_same_metrics(trained, shapes, tmp_path):
+    out, results = trained
+    before = read_detections(out)
+    # Same weights, unfused: the same detections and metrics exactly.
+    again = train_net.main(
+        args_for(shapes, out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                 "MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE", "False", eval_only=True)
+    )
+    assert read_detections(out) == before
+    for key, value in results["bbox"].items():
+        assert again["bbox"][key] == pytest.approx(value, abs=1e-9), key
+    # BatchNorm folded into the convolutions (the default for --eval-only): same metrics within 0.1 AP.
+    fused = train_net.main(
+        args_for(shapes, out, "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), eval_only=True)
+    )
+    for key, value in results["bbox"].items():
+        if value == value:  # NaN for an area range without objects
+            assert fused["bbox"][key] == pytest.approx(value, abs=0.1), key
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Interrupt(HookBase):
+    """Stops training after a given iteration, as a killed job would (the exception is not caught)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self):
+        if self.trainer.iter == self.at:
+            raise _Killed(f"interrupted after iteration {self.at}")
+
+
+def _final_weights(output_dir):
+    return torch.load(os.path.join(output_dir, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+
+
+def test_resume_continues_an_interrupted_run(shapes, tmp_path):
+    # One batch holds the whole 4-image training set and augmentation is off, so the uninterrupted and the
+    # resumed runs see the same data at every iteration: their final weights must agree.
+    opts = ("SOLVER.MAX_ITER", 8, "SOLVER.CHECKPOINT_PERIOD", 3, "INPUT.MG_AUGMENT", "False", "TEST.EVAL_PERIOD", 0)
+    info = make_synthetic_dataset(str(tmp_path / "four"), fmt="coco", num_train=4, num_test=2, image_size=128,
+                                  seed=1, name="tshapes")
+    train_net.main(args_for(info, tmp_path / "straight", *opts))
+
+    cfg = train_net.setup(args_for(info, tmp_path / "cut", *opts))
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.register_hooks([_Interrupt(at=4)])
+    with pytest.raises(_Killed):
+        trainer.train()
+    assert not os.path.exists(tmp_path / "cut" / "model_final.pth")
+    with open(tmp_path / "cut" / "last_checkpoint") as f:
+        assert f.read().strip() == "model_0000002.pth"
+
+    resumed = train_net.Trainer(train_net.setup(args_for(info, tmp_path / "cut", *opts, resume=True)))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3
+    assert resumed.scheduler.last_epoch == 3  # the learning-rate schedule continues, not restarts
+    resumed.train()
+
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-4, f"resumed run ends {worst:.2e} away from the uninterrupted one"
+    lrs = {m["iteration"]: m["lr"] for m in read_metrics(tmp_path / "straight") if "lr" in m}
+    lrs_resumed = {m["iteration"]: m["lr"] for m in read_metrics(tmp_path / "cut") if "lr" in m}
+    for it in set(lrs) & set(lrs_resumed):
+        assert lrs_resumed[it] == pytest.approx(lrs[it]), it
+
+
+def test_bad_num_classes_is_refused(shapes, tmp_path):
+    args = args_for(shapes, tmp_path, "MODEL.MUTUAL_GUIDE.NUM_CLASSES", 5, "SOLVER.MAX_ITER", 1)
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        train_net.main(args)
