@@ -152,3 +152,25 @@ def test_bad_num_classes_is_refused(shapes, tmp_path):
     args = args_for(shapes, tmp_path, "MODEL.MUTUAL_GUIDE.NUM_CLASSES", 5, "SOLVER.MAX_ITER", 1)
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         train_net.main(args)
+
+
+def test_non_finite_loss_stops_with_the_iteration(shapes, tmp_path, monkeypatch):
+    from mutual_guide.meta_arch import MutualGuideDetector
+
+    real_losses = MutualGuideDetector.losses
+    calls = []
+
+    def losses_going_nan(self, *args, **kwargs):
+        out = real_losses(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) > 3:  # iterations 0-2 are fine, iteration 3 diverges
+            out["loss_cls"] = out["loss_cls"] * float("nan")
+        return out
+
+    monkeypatch.setattr(MutualGuideDetector, "losses", losses_going_nan)
+    args = args_for(shapes, tmp_path, "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 2, "TEST.EVAL_PERIOD", 0)
+    with pytest.raises(FloatingPointError, match="iteration=3"):
+        train_net.main(args)
+    # what was saved before the failure is kept
+    assert os.path.isfile(tmp_path / "model_0000001.pth")
+    assert not os.path.exists(tmp_path / "model_final.pth")

@@ -232,6 +232,7 @@ class MutualGuideDetector(DenseDetector):
             pred_logits=logits.detach() if self.mutual_guidance else None,
             mutual_guidance=self.mutual_guidance,
             thresholds=self.iou_thresholds,
+            num_classes=self.num_classes,
         )
         return gt_boxes, labels
 

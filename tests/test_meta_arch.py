@@ -1,0 +1,102 @@
+"""The detector's detectron2 interface: training inputs, bad ground truth, eval outputs in original pixels."""
+import logging
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+import mutual_guide
+
+SIZE = 128
+
+
+def make_model(mutual_guidance=True, num_classes=3):
+    cfg = get_cfg()
+    mutual_guide.add_mutual_guide_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "ShuffleNetV2"
+    cfg.MODEL.NECK.NAME = "SSD"
+    cfg.INPUT.SIZE = SIZE
+    cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
+    cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def training_input(boxes, classes, height=SIZE, width=SIZE, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    instances = Instances((height, width))
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
+    return {"image": image, "instances": instances, "height": height, "width": width}
+
+
+@pytest.mark.parametrize("mutual_guidance", [True, False])
+def test_image_without_boxes_trains(mutual_guidance):
+    model = make_model(mutual_guidance).train()
+    losses = model([training_input([], []), training_input([], [], seed=1)])
+    assert set(losses) == {"loss_cls", "loss_box_reg"}
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+    assert float(losses["loss_box_reg"]) == 0.0
+    sum(losses.values()).backward()  # still connected to the graph
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.conf.parameters())
+
+
+def test_degenerate_boxes_are_dropped_and_counted(caplog):
+    model = make_model().train()
+    good = training_input([[10, 10, 60, 70]], [1])
+    bad = training_input([[10, 10, 60, 70], [30, 30, 30, 80], [5, 40, 90, 40]], [1, 0, 2])
+    with caplog.at_level(logging.WARNING):
+        losses_bad = model([bad])
+    assert any("Dropped 2 degenerate" in r.getMessage() for r in caplog.records)
+    torch.manual_seed(0)
+    losses_good = model([good])
+    for key in losses_good:
+        assert torch.allclose(losses_bad[key], losses_good[key]), key
+
+
+def test_ground_truth_of_non_square_images_is_scaled():
+    """An image of 64 x 256 is resized to S x S inside the model; its boxes must follow."""
+    model = make_model().train()
+    square = training_input([[32, 32, 96, 96]], [0], SIZE, SIZE)
+    wide = training_input([[64, 16, 192, 48]], [0], height=64, width=256)
+    scaled = model._scaled_instances(wide)
+    assert scaled.gt_boxes.tensor.tolist() == [[32.0, 32.0, 96.0, 96.0]]
+    assert scaled.image_size == (SIZE, SIZE)
+    assert model._scaled_instances(square).gt_boxes.tensor.tolist() == [[32.0, 32.0, 96.0, 96.0]]
+
+
+def test_inference_returns_boxes_in_original_pixels():
+    model = make_model().eval()
+    image = torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        out_square = model([{"image": image}])[0]["instances"]
+        out_big = model([{"image": image, "height": 2 * SIZE, "width": 3 * SIZE}])[0]["instances"]
+    assert len(out_square) > 0 and len(out_square) <= 300
+    assert out_big.image_size == (2 * SIZE, 3 * SIZE)
+    expected = out_square.pred_boxes.tensor * torch.tensor([3.0, 2.0, 3.0, 2.0])
+    assert torch.allclose(out_big.pred_boxes.tensor, expected, atol=1e-3)
+    assert torch.equal(out_big.pred_classes, out_square.pred_classes)
+    assert (out_square.scores > model.test_score_thresh).all()
+    assert out_square.pred_classes.max() < 3
+    # boxes are clipped to the image
+    boxes = out_square.pred_boxes.tensor
+    assert boxes.min() >= 0 and boxes.max() <= SIZE
+
+
+def test_fused_inference_keeps_detections():
+    model = make_model().eval()
+    images = [{"image": torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8)} for _ in range(2)]
+    with torch.no_grad():
+        before = model(images)
+        model.fuse_for_inference()
+        after = model(images)
+    for a, b in zip(before, after):
+        a, b = a["instances"], b["instances"]
+        top = min(len(a), len(b), 50)  # the best detections; the tail can swap places at near-equal scores
+        assert torch.allclose(a.scores[:top], b.scores[:top], atol=1e-4)
+        assert torch.allclose(a.pred_boxes.tensor[:top], b.pred_boxes.tensor[:top], atol=1e-2)
