@@ -93,7 +93,7 @@ def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     inter = width.mul_(height)
     overlapping = inter > 0
     union = (area1.unsqueeze(2) + area2.unsqueeze(1)).sub_(inter)
-    return union.div_(inter.reciprocal_()).reciprocal_() if False else inter.div_(union).masked_fill_(~overlapping, 0.0)
+    return inter.div_(union).masked_fill_(~overlapping, 0.0)
 
 
 def _top_n_mask(scores: Tensor, n: Tensor) -> Tensor:

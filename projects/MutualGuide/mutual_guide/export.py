@@ -51,18 +51,22 @@ class ExportableDetector(nn.Module):
         self.model = model
         self.input_size = int(model.input_size)
         self.num_classes = int(model.num_classes)
+        self.num_anchors = len(model.anchors)
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         images = (images.float() - self.pixel_mean) / self.pixel_std
         logits, deltas = self.model.predict(images)
-        n, a = deltas.shape[:2]
         # the same call as label_anchors/inference (Box2BoxTransform, weights 10, 10, 5, 5), on every anchor
-        boxes = self.model.box2box_transform.apply_deltas(deltas.reshape(-1, 4), self.model.anchors.repeat(n, 1))
+        anchors = self.model.anchors.repeat(deltas.shape[0], 1)
+        boxes = self.model.box2box_transform.apply_deltas(deltas.reshape(-1, 4), anchors)
         # Boxes.clip does the same per coordinate; clamp avoids its finiteness assert, which does not trace
-        boxes = boxes.clamp(min=0.0, max=float(self.input_size)).reshape(n, a, 4)
-        return boxes, logits.sigmoid()
+        boxes = boxes.clamp(min=0.0, max=float(self.input_size))
+        # constant sizes, so the exported outputs have a static anchor and class dimension
+        boxes = boxes.reshape(-1, self.num_anchors, 4)
+        scores = logits.sigmoid().reshape(-1, self.num_anchors, self.num_classes)
+        return boxes, scores
 
 
 class DetectorWithNMS(nn.Module):

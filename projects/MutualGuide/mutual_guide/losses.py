@@ -54,7 +54,7 @@ def sigmoid_focal_loss_sum(
     p = logits.sigmoid()
     negative = F.softplus(logits) * (p if gamma == 1 else p**gamma)
     positive_at = ((cls_labels >= 0) & (cls_labels < num_classes)).nonzero(as_tuple=True)
-    ignored_at = (cls_labels == -1).nonzero(as_tuple=True)
+    ignored_at = ((cls_labels == -1) & (ignored_class < num_classes)).nonzero(as_tuple=True)
     # in place on the product, which autograd does not keep: these scores drop out of the negative term
     negative.index_put_((*positive_at, cls_labels[positive_at]), negative.new_zeros(()))
     negative.index_put_((*ignored_at, ignored_class[ignored_at]), negative.new_zeros(()))

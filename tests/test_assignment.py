@@ -1,0 +1,270 @@
+import os
+import sys
+
+import pytest
+import torch
+
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes, Instances
+
+from mutual_guide.assignment import (
+    AnchorLabels,
+    BestAnchorIoUMatcher,
+    batched_pairwise_iou,
+    label_anchors,
+    pad_ground_truth,
+)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from oracle import oracle_label_anchors  # noqa: E402
+
+C = 6  # classes in the hand-made cases; background label is C
+BOX = [0.0, 0.0, 10.0, 10.0]
+
+
+def strip(height):
+    """An anchor [0, 0, 10, h] inside BOX: IoU with BOX is exactly h / 10."""
+    return [0.0, 0.0, 10.0, height]
+
+
+def iou_labels(anchors, boxes, classes):
+    gt_boxes = torch.tensor([boxes])
+    return label_anchors(
+        torch.tensor(anchors), gt_boxes, torch.tensor([classes]), torch.ones(1, len(boxes), dtype=torch.bool),
+        mutual_guidance=False, num_classes=C,
+    )
+
+
+def mutual_labels(anchors, boxes, classes, pred_boxes, logits=None):
+    anchors = torch.tensor(anchors)
+    if logits is None:
+        logits = torch.zeros(len(anchors), C)
+    return label_anchors(
+        anchors, torch.tensor([boxes]), torch.tensor([classes]), torch.ones(1, len(boxes), dtype=torch.bool),
+        pred_boxes=torch.tensor([pred_boxes]), pred_logits=torch.as_tensor(logits, dtype=torch.float)[None],
+        mutual_guidance=True,
+    )
+
+
+# ----------------------------------------------------------------------------- IoU baseline, by hand
+def test_iou_forced_best_anchor():
+    # best IoU is 0.3 < 0.4, still positive: each box keeps its best anchor
+    labels = iou_labels([strip(3), strip(2), [20.0, 20.0, 30.0, 30.0]], [BOX], [4])
+    assert labels.cls_labels.tolist() == [[4, C, C]]
+    assert labels.reg_mask.tolist() == [[True, False, False]]
+    assert labels.reg_idx[0, 0] == 0
+
+
+def test_iou_ignore_band():
+    labels = iou_labels([strip(8), strip(4.5), strip(3), strip(6), strip(4)], [BOX], [1])
+    assert labels.cls_labels.tolist() == [[1, -1, C, 1, -1]]
+    assert labels.reg_mask.tolist() == [[True, False, False, True, False]]
+    assert labels.ignored_class.tolist() == [[C, 1, C, C, 1]]
+
+
+def test_iou_each_anchor_takes_its_best_box_lower_index_on_ties():
+    # anchor 0 overlaps box 1 more; anchor 1 is equally good for both boxes (identical boxes 1 and 2)
+    boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.0], [0.0, 0.0, 10.0, 8.0]]
+    anchors = [strip(7.5), [0.0, 0.0, 10.0, 8.0], [40.0, 40.0, 50.0, 50.0], strip(10)]
+    labels = iou_labels(anchors, boxes, [0, 1, 2])
+    # anchor 1 is the best anchor of both boxes 1 and 2: the authors' loop lets the later box 2 keep it
+    assert labels.cls_labels.tolist() == [[1, 2, C, 0]]
+
+
+def test_iou_shared_best_anchor_goes_to_later_box():
+    labels = iou_labels([strip(10), [50.0, 50.0, 60.0, 60.0]], [BOX, BOX], [3, 5])
+    assert labels.cls_labels.tolist() == [[5, C]]
+    assert labels.reg_idx[0, 0] == 1
+
+
+def test_matcher_alone_on_batched_matrix():
+    iou = torch.tensor([[[0.3, 0.45, 0.7]], [[0.0, 0.0, 0.0]]])
+    matches, match_labels = BestAnchorIoUMatcher((0.4, 0.5))(iou, torch.tensor([[True], [False]]))
+    assert match_labels.tolist() == [[0, -1, 1], [0, 0, 0]]
+    assert matches[0].tolist() == [0, 0, 0]
+
+
+# ----------------------------------------------------------------------------- mutual guidance, by hand
+def test_localize_to_classify_picks_anchors_by_predicted_iou():
+    # anchor IoU 0.8, 0.6, 0.45, 0.3 -> n_pos 2, n_ign 3; predicted IoU 0.2, 0.9, 0.1, 1.0
+    anchors = [strip(8), strip(6), strip(4.5), strip(3)]
+    preds = [strip(2), strip(9), strip(1), strip(10)]
+    labels = mutual_labels(anchors, [BOX], [2], preds)
+    assert labels.cls_labels.tolist() == [[-1, 2, C, 2]]
+    assert labels.ignored_class.tolist() == [[2, C, C, C]]
+    # regression still by anchor IoU ** ((2 - 0.5) / 2): the two best anchors
+    assert labels.reg_mask.tolist() == [[True, True, False, False]]
+
+
+def test_classify_to_localize_picks_anchors_by_class_probability():
+    # anchor IoU 0.8, 0.6, 0.5, 0.3 -> n_pos 3. A confident anchor 3 (p ~ 1) has quality 0.3 ** 0.5 = 0.548,
+    # more than anchor 2's 0.5 ** 1 (p ~ 0): it regresses instead.
+    anchors = [strip(8), strip(6), strip(5), strip(3)]
+    logits = torch.full((4, C), -20.0)
+    logits[3, 1] = 20.0
+    labels = mutual_labels(anchors, [BOX], [1], anchors, logits)
+    assert labels.reg_mask.tolist() == [[True, True, False, True]]
+    assert labels.cls_labels.tolist() == [[1, 1, 1, C]]
+
+
+def test_top_n_ties_go_to_lower_anchor_index():
+    # every prediction has IoU 0.5: the first anchor is forced (best), then the lower index wins the tie
+    anchors = [strip(3), strip(6), strip(8)]
+    labels = mutual_labels(anchors, [BOX], [0], [strip(5)] * 3)
+    assert labels.cls_labels.tolist() == [[0, 0, C]]
+
+
+def test_column_max_suppression():
+    # anchor 1 overlaps box 1 (0.917) slightly more than box 0 (0.909): it is kept only for box 1, so box 0
+    # counts a single positive. Without suppression box 0 would count 3 and take every anchor.
+    boxes = [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 12.0]]
+    anchors = [strip(10), strip(11), strip(12)]
+    labels = mutual_labels(anchors, boxes, [3, 4], anchors)
+    assert labels.cls_labels.tolist() == [[3, 4, 4]]
+    assert labels.reg_idx[0].tolist() == [0, 1, 1]
+
+
+def test_mutual_ties_between_boxes_go_to_lower_box_index():
+    anchors = [strip(10), [50.0, 50.0, 60.0, 60.0]]
+    labels = mutual_labels(anchors, [BOX, BOX], [2, 5], anchors)
+    assert labels.cls_labels.tolist() == [[2, C]]
+    assert labels.reg_idx[0, 0] == 0 and labels.cls_idx[0, 0] == 0
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+def test_padded_boxes_never_assigned(mutual):
+    anchors = torch.tensor([strip(10), strip(8), [20.0, 20.0, 30.0, 30.0], [20.0, 20.0, 30.0, 29.0]])
+    # padding rows hold garbage that matches anchors 2 and 3 well
+    gt_boxes = torch.tensor([[BOX, [20.0, 20.0, 30.0, 30.0], [20.0, 20.0, 30.0, 29.5]]])
+    valid = torch.tensor([[True, False, False]])
+    kwargs = dict(pred_boxes=anchors[None], pred_logits=torch.zeros(1, 4, C), mutual_guidance=mutual)
+    labels = label_anchors(anchors, gt_boxes, torch.tensor([[1, 2, 3]]), valid, **kwargs)
+    alone = label_anchors(anchors, gt_boxes[:, :1], torch.tensor([[1]]), valid[:, :1], **kwargs)
+    assert labels.cls_labels.tolist() == [[1, 1, C, C]]
+    assert labels.cls_labels.tolist() == alone.cls_labels.tolist()
+    assert labels.reg_mask.tolist() == [[True, True, False, False]]
+    assert (labels.reg_idx[labels.reg_mask] == 0).all()
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+def test_empty_image_in_batch_is_all_negative(mutual):
+    anchors = torch.tensor([strip(10), strip(8), [20.0, 20.0, 30.0, 30.0]])
+    gt_boxes = torch.tensor([[BOX], [[0.0] * 4]])
+    valid = torch.tensor([[True], [False]])
+    labels = label_anchors(
+        anchors, gt_boxes, torch.tensor([[1], [0]]), valid, pred_boxes=anchors.expand(2, 3, 4),
+        pred_logits=torch.zeros(2, 3, C), mutual_guidance=mutual,
+    )
+    assert labels.cls_labels.tolist() == [[1, 1, C], [C, C, C]]
+    assert labels.reg_mask.tolist() == [[True, True, False], [False, False, False]]
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+def test_empty_batch_is_all_negative(mutual):
+    anchors = torch.tensor([strip(10), strip(8)])
+    labels = label_anchors(
+        anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool),
+        pred_boxes=anchors.expand(2, 2, 4), pred_logits=torch.zeros(2, 2, C), mutual_guidance=mutual,
+    )
+    assert isinstance(labels, AnchorLabels)
+    assert labels.cls_labels.tolist() == [[C, C], [C, C]]
+    assert not labels.reg_mask.any()
+
+
+def test_baseline_needs_num_classes_without_logits():
+    with pytest.raises(ValueError):
+        label_anchors(torch.zeros(1, 4), torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.long),
+                      torch.zeros(1, 0, dtype=torch.bool), mutual_guidance=False)
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_pad_ground_truth():
+    a = Instances((32, 32), gt_boxes=Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0]])), gt_classes=torch.tensor([7]))
+    b = Instances((32, 32), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long))
+    boxes, classes, valid = pad_ground_truth([b, a])
+    assert boxes.shape == (2, 1, 4) and boxes[1, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert classes.tolist() == [[0], [7]] and valid.tolist() == [[False], [True]]
+    boxes, classes, valid = pad_ground_truth([b, b])
+    assert boxes.shape == (2, 0, 4) and classes.shape == (2, 0) and valid.shape == (2, 0)
+
+
+def test_batched_iou_matches_detectron2_bitwise():
+    from detectron2.structures import pairwise_iou
+
+    g = torch.Generator().manual_seed(3)
+    boxes = random_boxes(2, 5, 64, g)
+    others = random_boxes(2, 30, 64, g)
+    iou = batched_pairwise_iou(boxes, others)
+    for i in range(2):
+        assert torch.equal(iou[i], pairwise_iou(Boxes(boxes[i]), Boxes(others[i])))
+
+
+# ----------------------------------------------------------------------------- vectorised == oracle
+def random_boxes(n, k, size, g, integer=False):
+    xy = torch.rand(n, k, 2, generator=g) * size * 0.8
+    wh = torch.rand(n, k, 2, generator=g) * size * 0.5 + 2
+    boxes = torch.cat([xy, (xy + wh).clamp(max=size)], -1)
+    return boxes.round() if integer else boxes
+
+
+def make_anchors(size=64):
+    anchors = []
+    for stride in (8, 16, 32):
+        for y in range(0, size, stride):
+            for x in range(0, size, stride):
+                for s in (1.5, 3.0):
+                    for ar in (0.5, 1.0, 2.0):
+                        w, h = stride * s * ar**0.5, stride * s / ar**0.5
+                        cx, cy = x + stride / 2, y + stride / 2
+                        anchors.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    return torch.tensor(anchors)
+
+
+def random_batch(seed, max_boxes, integer=False, duplicates=False):
+    g = torch.Generator().manual_seed(seed)
+    anchors = make_anchors()
+    n, a = 4, len(anchors)
+    counts = torch.randint(0, max_boxes + 1, (n,), generator=g).tolist()
+    counts[0] = max_boxes  # G = max_boxes
+    if max_boxes > 0:
+        counts[-1] = 0  # always one empty image
+    boxes = [random_boxes(1, k, 64, g, integer)[0] for k in counts]
+    if duplicates:
+        boxes = [torch.cat([b, b[:2]]) if len(b) else b for b in boxes]
+    classes = [torch.randint(0, C, (len(b),), generator=g) for b in boxes]
+    deltas = torch.randn(n, a, 4, generator=g) * 0.7
+    pred = Box2BoxTransform((10.0, 10.0, 5.0, 5.0)).apply_deltas(deltas.view(-1, 4), anchors.repeat(n, 1))
+    pred = pred.view(n, a, 4)
+    if integer:
+        pred = pred.round()
+        pred[..., 2:] = torch.maximum(pred[..., 2:], pred[..., :2] + 1)
+    logits = torch.randn(n, a, C, generator=g) * 2
+    return anchors, boxes, classes, pred, logits
+
+
+def assert_same_labels(labels: AnchorLabels, expected):
+    assert torch.equal(labels.cls_labels, expected["cls_labels"])
+    assert torch.equal(labels.ignored_class, expected["ignored_class"])
+    assert torch.equal(labels.reg_mask, expected["reg_mask"])
+    assert torch.equal(labels.reg_idx[labels.reg_mask], expected["reg_idx"][expected["reg_mask"]])
+    assigned = expected["cls_idx"] >= 0
+    assert torch.equal(labels.cls_idx[assigned], expected["cls_idx"][assigned])
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+@pytest.mark.parametrize(
+    "seed,max_boxes,integer,duplicates",
+    [(0, 0, False, False), (1, 1, False, False), (2, 3, False, False), (3, 8, False, False),
+     (4, 12, False, False), (5, 6, True, False), (6, 8, True, True), (7, 5, False, True)],
+)
+def test_vectorised_equals_oracle(mutual, seed, max_boxes, integer, duplicates):
+    anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes, integer, duplicates)
+    instances = [
+        Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)
+    ]
+    gt_boxes, gt_classes, valid = pad_ground_truth(instances)
+    labels = label_anchors(anchors, gt_boxes, gt_classes, valid, pred, logits, mutual_guidance=mutual)
+    expected = oracle_label_anchors(anchors, boxes, classes, C, pred, logits, mutual_guidance=mutual)
+    assert_same_labels(labels, expected)
+    if max_boxes:
+        assert (labels.cls_labels[0] < C).any()  # the comparison is not vacuous
