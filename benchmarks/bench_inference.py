@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""
+Test-time detection (normalised image -> final boxes), ours against the paper's style, side by side.
+
+ours:  BatchNorm folded and RepVGG fused (`fuse_for_inference`), `MutualGuideDetector.inference`: threshold the
+       scores first, decode only those candidates, one batched NMS call over all classes.
+paper: the unfused network, every anchor decoded, then a loop over classes, each with a numpy greedy NMS (the
+       authors' `utils/box/nms.py` style: argsort, then suppress against the best remaining box).
+
+Both run on the same random-weight model and the same images, one image at a time (the paper's test loop).
+Untrained heads score every anchor alike, so the head is rescaled to spread the logits such that about
+--candidate-fraction of the (anchor, class) pairs pass SCORE_THRESH_TEST, as a trained detector's do.
+Prints per-image times of the network and of the post-processing, and the ratio paper / ours.
+
+    .venv/bin/python benchmarks/bench_inference.py [--config-file configs/mg_repvgg_pafpn_voc.yaml] [--images 8]
+"""
+import argparse
+import copy
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import mutual_guide
+import mutual_guide.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def numpy_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float):
+    """Greedy NMS as the paper's code does it (with its +1 pixel convention)."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        inter = np.maximum(0.0, xx2 - xx1 + 1) * np.maximum(0.0, yy2 - yy1 + 1)
+        overlap = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[np.where(overlap <= thresh)[0] + 1]
+    return keep
+
+
+def paper_postprocess(model, logits: torch.Tensor, deltas: torch.Tensor):
+    """Decode all anchors, then per class: threshold, numpy NMS; keep the best max_detections overall."""
+    boxes = model.box2box_transform.apply_deltas(deltas[0], model.anchors).clamp(0, model.input_size).numpy()
+    scores = logits[0].sigmoid().numpy()
+    detections = []
+    for j in range(model.num_classes):
+        inds = np.where(scores[:, j] > model.test_score_thresh)[0]
+        if len(inds) == 0:
+            continue
+        keep = numpy_nms(boxes[inds], scores[inds, j], model.test_nms_thresh)
+        detections.append(np.hstack([boxes[inds[keep]], scores[inds[keep], j : j + 1], np.full((len(keep), 1), j)]))
+    detections = np.concatenate(detections) if detections else np.zeros((0, 6))
+    return detections[np.argsort(-detections[:, 4])[: model.max_detections_per_image]]
+
+
+@torch.no_grad()
+def spread_head(model, images: torch.Tensor, fraction: float):
+    """Rescale the class head so logits ~ N(mu, 1.5) with `fraction` of them above the score threshold."""
+    for conv in model.head.conf:
+        conv.bias.zero_()
+    logits, _ = model.predict(images[:1])
+    std = 1.5
+    z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * fraction)).item()  # P(N(0,1) > z) = fraction
+    thresh_logit = math.log(model.test_score_thresh / (1 - model.test_score_thresh))
+    for conv in model.head.conf:
+        conv.weight.mul_(std / logits.std())
+        conv.bias.fill_(thresh_logit - z * std)
+    _, deltas = model.predict(images[:1])
+    for conv in model.head.loc:
+        conv.weight.mul_(0.5 / deltas.std())
+
+
+def timed(fn, repeats):
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn()
+    return (time.perf_counter() - start) / repeats, out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "mg_repvgg_pafpn_voc.yaml"))
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--candidate-fraction", type=float, default=0.01,
+                        help="share of (anchor, class) pairs above SCORE_THRESH_TEST")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+
+    cfg = get_cfg()
+    mutual_guide.add_mutual_guide_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.BACKBONE.PRETRAINED = ""
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    paper = build_model(cfg).eval()
+    size = cfg.INPUT.SIZE
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 1, 3, size, size), generator=g).float()
+    images = images - paper.pixel_mean.view(1, 1, 3, 1, 1)
+    spread_head(paper, images[0], args.candidate_fraction)
+    ours = copy.deepcopy(paper).fuse_for_inference()
+
+    def run(model, post):
+        network = postprocess = 0.0
+        for x in images:
+            t0 = time.perf_counter()
+            logits, deltas = model.predict(x)
+            t1 = time.perf_counter()
+            post(model, logits, deltas)
+            t2 = time.perf_counter()
+            network, postprocess = network + t1 - t0, postprocess + t2 - t1
+        return network / len(images), postprocess / len(images)
+
+    with torch.no_grad():
+        logits, deltas = ours.predict(images[0])
+        candidates = int((logits.sigmoid() > ours.test_score_thresh).sum())
+        counts = (len(ours.inference(logits, deltas)[0]), len(paper_postprocess(paper, logits, deltas)))
+        run(ours, lambda m, l, d: m.inference(l, d))  # warm-up
+        run(paper, paper_postprocess)
+        times = {"ours": run(ours, lambda m, l, d: m.inference(l, d)), "paper": run(paper, paper_postprocess)}
+
+    print(f"{os.path.basename(args.config_file)}: {size}x{size}, {paper.num_classes} classes, "
+          f"{len(paper.anchors)} anchors, {candidates} candidates above {paper.test_score_thresh} in image 0, "
+          f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, {torch.get_num_threads()} "
+          f"threads")
+    print(f"{'':8} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
+    for name, (network, post) in times.items():
+        print(f"{name:8} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
+    (on, op), (pn, pp) = times["ours"], times["paper"]
+    print(f"speed-up paper / ours: total {(pn + pp) / (on + op):.2f}x, network {pn / on:.2f}x, "
+          f"post-processing {pp / op:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
