@@ -7,7 +7,10 @@ ours:  BatchNorm folded and RepVGG fused (`fuse_for_inference`), `MutualGuideDet
 paper: the unfused network, every anchor decoded, then a loop over classes, each with a numpy greedy NMS (the
        authors' `utils/box/nms.py` style: argsort, then suppress against the best remaining box).
 
-Both run on the same random-weight model and the same images, one image at a time (the paper's test loop).
+onnx:  ours exported with NMS in the graph (`export_onnx(..., with_nms=True)`), run by onnxruntime on the CPU:
+       the deployment path; its time covers uint8 image -> detections in one call.
+
+All run on the same random-weight model and the same images, one image at a time (the paper's test loop).
 Untrained heads score every anchor alike, so the head is rescaled to spread the logits such that about
 --candidate-fraction of the (anchor, class) pairs pass SCORE_THRESH_TEST, as a trained detector's do.
 Prints per-image times of the network and of the post-processing, and the ratio paper / ours.
@@ -18,6 +21,7 @@ import argparse
 import copy
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -84,11 +88,23 @@ def spread_head(model, images: torch.Tensor, fraction: float):
         conv.weight.mul_(0.5 / deltas.std())
 
 
-def timed(fn, repeats):
+def onnx_time(model, images):
+    """Seconds per image of the exported graph with NMS under onnxruntime, or (None, None) without it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, None
+    from mutual_guide.export import export_onnx
+
+    uint8 = (images + model.pixel_mean.view(1, 1, 3, 1, 1)).round().clamp(0, 255).to(torch.uint8).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, os.path.join(folder, "model.onnx"), with_nms=True)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session.run(None, {"images": uint8[0]})  # warm-up
     start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn()
-    return (time.perf_counter() - start) / repeats, out
+    for x in uint8:
+        session.run(None, {"images": x})
+    return None, (time.perf_counter() - start) / len(uint8)
 
 
 def main():
@@ -133,6 +149,7 @@ def main():
         run(ours, lambda m, l, d: m.inference(l, d))  # warm-up
         run(paper, paper_postprocess)
         times = {"ours": run(ours, lambda m, l, d: m.inference(l, d)), "paper": run(paper, paper_postprocess)}
+    times["onnx"] = onnx_time(paper, images)
 
     print(f"{os.path.basename(args.config_file)}: {size}x{size}, {paper.num_classes} classes, "
           f"{len(paper.anchors)} anchors, {candidates} candidates above {paper.test_score_thresh} in image 0, "
@@ -140,10 +157,15 @@ def main():
           f"threads")
     print(f"{'':8} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
     for name, (network, post) in times.items():
-        print(f"{name:8} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
+        if network is None:
+            print(f"{name:8} {'':>11} {'':>16} {post * 1e3:9.1f}   (one graph: network and post-processing)")
+        else:
+            print(f"{name:8} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
     (on, op), (pn, pp) = times["ours"], times["paper"]
-    print(f"speed-up paper / ours: total {(pn + pp) / (on + op):.2f}x, network {pn / on:.2f}x, "
+    print(f"speed-up paper / ours (PyTorch): total {(pn + pp) / (on + op):.2f}x, network {pn / on:.2f}x, "
           f"post-processing {pp / op:.2f}x")
+    if times["onnx"][1] is not None:
+        print(f"speed-up paper / ours (ONNX Runtime): total {(pn + pp) / times['onnx'][1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ runtimes run it natively and any batch size works. In TorchScript it is a script
 calling torchvision's nms, the same kernel `MutualGuideDetector.inference` uses.
 """
 import copy
-import logging
 import os
 import warnings
 from typing import Tuple
@@ -26,14 +25,13 @@ from torch import Tensor, nn
 __all__ = [
     "ExportableDetector",
     "DetectorWithNMS",
+    "add_nms",
     "NMS_OUTPUT_NAMES",
     "OUTPUT_NAMES",
     "export_onnx",
     "export_torchscript",
     "prepare_for_export",
 ]
-
-logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores")
@@ -89,10 +87,11 @@ class DetectorWithNMS(nn.Module):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         boxes, scores = self.network(images)
         scores_per_class = scores.transpose(1, 2).contiguous()  # [N, C, A], the layout NonMaxSuppression wants
+        args = (self.score_thresh, self.nms_thresh, self.max_detections)
         if torch.jit.is_scripting():
-            selected = select_per_class(boxes, scores_per_class, self.score_thresh, self.nms_thresh, self.max_detections)
+            selected = select_per_class(boxes, scores_per_class, args[0], args[1], args[2])
         else:
-            selected = _select(boxes, scores_per_class, self.score_thresh, self.nms_thresh, self.max_detections)
+            selected = _select(boxes, scores_per_class, args[0], args[1], args[2])
         return top_detections(boxes, scores_per_class, selected, self.max_detections)
 
 
@@ -199,7 +198,8 @@ def example_images(size: int, batch_size: int = 1, dtype: torch.dtype = torch.ui
     return torch.randint(0, 256, (batch_size, 3, size, size), generator=g, dtype=torch.uint8).to(dtype)
 
 
-def _with_nms(network: nn.Module, model: nn.Module) -> DetectorWithNMS:
+def add_nms(network: nn.Module, model: nn.Module) -> DetectorWithNMS:
+    """`network` followed by the test-time selection configured in `model` (a MutualGuideDetector)."""
     # a Python int, so that top-k's k stays a constant in traced graphs
     max_detections = min(int(model.max_detections_per_image), int(model.num_classes) * len(model.anchors))
     return DetectorWithNMS(network, model.test_score_thresh, model.test_nms_thresh, max_detections).eval()
@@ -225,7 +225,7 @@ def export_torchscript(
     example = example_images(network.input_size, batch_size, input_dtype)
     with torch.no_grad():
         traced = torch.jit.trace(network, example, check_trace=False)
-    module = torch.jit.script(_with_nms(traced, model)) if with_nms else traced
+    module = torch.jit.script(add_nms(traced, model)) if with_nms else traced
     _makedirs_for(path)
     module.save(path)
     return path
@@ -253,7 +253,7 @@ def export_onnx(
     if opset < 11:
         raise ValueError(f"ONNX NonMaxSuppression and the decoding need opset >= 11, got {opset}")
     network = prepare_for_export(model, fuse=fuse)
-    module = _with_nms(network, model) if with_nms else network
+    module = add_nms(network, model) if with_nms else network
     example = example_images(network.input_size, batch_size, input_dtype)
     output_names = list(NMS_OUTPUT_NAMES if with_nms else OUTPUT_NAMES)
     dynamic_axes = None

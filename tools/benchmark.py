@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""
+Speed and size of a Mutual Guidance detector on one device.
+
+    .venv/bin/python tools/benchmark.py --config-file configs/mg_vgg16_fpn_voc.yaml [--device cpu] \
+        [--batch-sizes 1 8] [--iters 10] [opts KEY VALUE ...]
+    .venv/bin/python tools/benchmark.py --all --iters 2        # every backbone x neck at 320, a markdown table
+
+Prints, for the fused network (RepVGG re-parameterised, BatchNorm folded, as deployed):
+  - network latency and images per second at each batch size (random weights: speed does not depend on them);
+  - end-to-end latency at batch 1: uint8 image -> final detections (normalisation, network, score threshold,
+    decoding, NMS), with the head rescaled so that about 1% of the (anchor, class) pairs pass the threshold;
+  - the anchor assignment of one training batch (SOLVER.IMS_PER_BATCH images, or --assign-batch), with mutual
+    guidance and with the IoU baseline, on random predictions and synthetic ground truth (1 to 10 boxes each);
+  - parameters (train-time network) and FLOPs of one image (fvcore; one multiply-add counts as one FLOP).
+"""
+import argparse
+import copy
+import math
+import os
+import time
+
+import torch
+from torch import nn
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+import mutual_guide
+import mutual_guide.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKBONES = [("vgg16", "VGG16"), ("resnet18", "ResNet18"), ("repvgg", "RepVGG-A2"), ("shufflenet", "ShuffleNetV2")]
+NECKS = [("ssd", "SSD"), ("fpn", "FPN"), ("pafpn", "PAFPN"), ("rfb", "RFB")]
+
+
+def setup_cfg(config_file, opts, device):
+    cfg = get_cfg()
+    mutual_guide.add_mutual_guide_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.MODEL.BACKBONE.PRETRAINED = ""
+    cfg.MODEL.DEVICE = device
+    return cfg
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_it(fn, iters: int, device: str, warmup: int = 1) -> float:
+    """Mean seconds per call after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+class _Network(nn.Module):
+    """model.predict as a module, for fvcore."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.predict(images)
+
+
+@torch.no_grad()
+def _spread_scores(model, images, fraction: float = 0.01):
+    """Rescale the class head so that about `fraction` of the scores pass the test threshold (as after training)."""
+    for conv in model.head.conf:
+        conv.bias.zero_()
+    logits, _ = model.predict(images)
+    z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * fraction)).item()
+    thresh_logit = math.log(model.test_score_thresh / (1 - model.test_score_thresh))
+    for conv in model.head.conf:
+        conv.weight.mul_(1.5 / logits.std())
+        conv.bias.fill_(thresh_logit - z * 1.5)
+
+
+def synthetic_ground_truth(batch: int, size: int, num_classes: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    instances = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 11, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * size * 0.8
+        wh = (torch.rand(n, 2, generator=g) * 0.5 + 0.05) * size
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(boxes.to(device))
+        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g).to(device)
+        instances.append(inst)
+    return instances
+
+
+@torch.no_grad()
+def measure(cfg, batch_sizes, iters: int, assign_batch: int, flops: bool = True):
+    device = cfg.MODEL.DEVICE
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    fused = copy.deepcopy(model).fuse_for_inference()
+    size = cfg.INPUT.SIZE
+    result = {"params_m": params / 1e6, "anchors": len(model.anchors), "latency": {}}
+
+    for bs in batch_sizes:
+        x = torch.randn(bs, 3, size, size, device=device) * 50
+        seconds = time_it(lambda: fused.predict(x), iters, device)
+        result["latency"][bs] = (seconds * 1e3, bs / seconds)
+
+    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, device=device)
+    _spread_scores(fused, (image.float() - fused.pixel_mean)[None])
+    result["end_to_end_ms"] = time_it(lambda: fused([{"image": image}]), iters, device) * 1e3
+
+    n, a, c = assign_batch, len(model.anchors), model.num_classes
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(n, a, c, generator=g) * 1.5 - 4).to(device)
+    deltas = (torch.randn(n, a, 4, generator=g) * 0.5).to(device)
+    gt = synthetic_ground_truth(n, size, c, device)
+    for key, enabled in (("assign_mg_ms", True), ("assign_iou_ms", False)):
+        model.mutual_guidance = enabled
+        result[key] = time_it(lambda: model.label_anchors(logits, deltas, gt), max(1, iters // 2), device) * 1e3
+    model.mutual_guidance = cfg.MODEL.MUTUAL_GUIDE.ENABLED
+
+    if flops:
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(_Network(fused), torch.zeros(1, 3, size, size, device=device))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        result["gflops"] = analysis.total() / 1e9
+    return result
+
+
+def print_one(cfg, r, assign_batch):
+    print(f"{cfg.MODEL.BACKBONE.NAME} + {cfg.MODEL.NECK.NAME}, {cfg.INPUT.SIZE}x{cfg.INPUT.SIZE}, "
+          f"{cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES} classes, {r['anchors']} anchors, device {cfg.MODEL.DEVICE}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"  parameters: {r['params_m']:.2f} M   FLOPs (fvcore, 1 image): {r.get('gflops', float('nan')):.2f} G")
+    for bs, (ms, fps) in r["latency"].items():
+        print(f"  network, fused, batch {bs}: {ms:.1f} ms per batch, {fps:.1f} images/s")
+    print(f"  end to end, batch 1 (uint8 image -> detections): {r['end_to_end_ms']:.1f} ms")
+    print(f"  assignment of a training batch of {assign_batch}: mutual guidance {r['assign_mg_ms']:.1f} ms, "
+          f"IoU baseline {r['assign_iou_ms']:.1f} ms")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "mg_vgg16_fpn_voc.yaml"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--assign-batch", type=int, default=0, help="images per assignment (default: "
+                        "SOLVER.IMS_PER_BATCH)")
+    parser.add_argument("--all", action="store_true", help="every backbone x neck at 320 (VOC configs), as a table")
+    parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+
+    if not args.all:
+        cfg = setup_cfg(args.config_file, args.opts, args.device)
+        assign_batch = args.assign_batch or cfg.SOLVER.IMS_PER_BATCH
+        print_one(cfg, measure(cfg, args.batch_sizes, args.iters, assign_batch, not args.no_flops), assign_batch)
+        return
+
+    big = max(args.batch_sizes)
+    rows = []
+    for key, backbone in BACKBONES:
+        for neck_key, neck in NECKS:
+            cfg = setup_cfg(os.path.join(ROOT, "configs", f"mg_{key}_{neck_key}_voc.yaml"), args.opts, args.device)
+            assign_batch = args.assign_batch or cfg.SOLVER.IMS_PER_BATCH
+            r = measure(cfg, sorted({1, big}), args.iters, assign_batch, not args.no_flops)
+            (ms1, fps1), (msb, fpsb) = r["latency"][1], r["latency"][big]
+            rows.append(
+                f"| {backbone} | {neck} | {r['params_m']:.1f} | {r.get('gflops', float('nan')):.1f} | {ms1:.0f} | "
+                f"{fps1:.1f} | {msb:.0f} | {fpsb:.1f} | {r['end_to_end_ms']:.0f} | {r['assign_mg_ms']:.0f} | "
+                f"{r['assign_iou_ms']:.0f} |"
+            )
+            print(rows[-1], flush=True)
+    print()
+    print(f"VOC configs (20 classes), 320 x 320, device {args.device}, {torch.get_num_threads()} threads, "
+          f"{args.iters} timed iterations; assignment batch {assign_batch}")
+    print()
+    print(f"| Backbone | Neck | Params (M) | GFLOPs | batch 1 (ms) | batch 1 (img/s) | batch {big} (ms) | "
+          f"batch {big} (img/s) | end to end (ms) | assign MG (ms) | assign IoU (ms) |")
+    print("|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

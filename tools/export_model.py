@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""
+Export a trained Mutual Guidance detector to ONNX and/or TorchScript.
+
+    .venv/bin/python tools/export_model.py --config-file configs/mg_vgg16_fpn_voc.yaml --format both \
+        --output exported/ --with-nms MODEL.WEIGHTS output/mg_vgg16_fpn_voc/model_final.pth
+    # check the exported files against PyTorch on real images:
+    ... --verify photo1.jpg photo2.jpg
+
+The exported model takes a BGR batch already resized to INPUT.SIZE x INPUT.SIZE ([N, 3, S, S], uint8 by default)
+and returns "boxes" [N, A, 4] (XYXY, S x S pixels) and "scores" [N, A, C]; with --with-nms it returns
+"num_detections" [N], "boxes" [N, 300, 4], "scores" [N, 300], "classes" [N, 300] instead.
+RepVGG blocks are fused and BatchNorm folded before export.
+"""
+import argparse
+import os
+import re
+import sys
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import mutual_guide
+import mutual_guide.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
+from mutual_guide.checkpoint import MutualGuideCheckpointer
+from mutual_guide.export import add_nms, export_onnx, export_torchscript, prepare_for_export
+
+DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--format", choices=["onnx", "torchscript", "both"], default="onnx")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the exported files")
+    parser.add_argument("--with-nms", action="store_true", help="put score threshold, NMS and top-k in the graph")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch of the example input (and of ONNX "
+                        "inputs with --static-batch)")
+    parser.add_argument("--static-batch", action="store_true", help="ONNX: fix the batch to --batch-size")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--input-dtype", choices=sorted(DTYPES), default="uint8")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="export without MODEL.WEIGHTS (an untrained network: for testing the export only)")
+    parser.add_argument("--verify", nargs="+", metavar="IMAGE", default=[],
+                        help="run the exported files beside PyTorch on these images and print the differences")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    # `--verify a.jpg b.jpg MODEL.WEIGHTS m.pth`: argparse gives everything after --verify to it
+    images, opts = [], []
+    tokens = iter(args.verify)
+    for token in tokens:
+        if _CONFIG_KEY.match(token):
+            opts += [token, next(tokens, "")]
+        else:
+            images.append(token)
+    args.verify, args.opts = images, opts + args.opts
+    return args
+
+
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    mutual_guide.add_mutual_guide_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = "cpu"  # exported graphs are device-independent; tracing on the CPU is enough
+    cfg.MODEL.BACKBONE.PRETRAINED = ""  # MODEL.WEIGHTS holds the whole detector
+    cfg.freeze()
+    return cfg
+
+
+def load_model(cfg, allow_random_weights: bool):
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        if not allow_random_weights:
+            sys.exit(
+                "export_model.py: MODEL.WEIGHTS is not set. Give the trained detector, e.g.\n"
+                "  tools/export_model.py --config-file ... --output DIR MODEL.WEIGHTS output/.../model_final.pth\n"
+                "(--allow-random-weights exports an untrained network, for testing the export only)"
+            )
+        print("WARNING: exporting an untrained network with random weights (--allow-random-weights)")
+    elif "://" not in weights and not os.path.isfile(weights):
+        sys.exit(f"export_model.py: MODEL.WEIGHTS file not found: {weights!r}")
+    model = build_model(cfg)
+    if weights:
+        MutualGuideCheckpointer(model).load(weights)
+    return model.eval()
+
+
+def read_images(paths, size: int) -> torch.Tensor:
+    """BGR images resized to size x size as the predictor does (bilinear, aspect not kept): [N, 3, S, S] uint8."""
+    import cv2
+    import numpy as np
+
+    images = []
+    for path in paths:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            sys.exit(f"export_model.py: cannot read image {path!r}")
+        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
+    return torch.as_tensor(np.stack(images).transpose(0, 3, 1, 2).copy())
+
+
+def _run_exported(path: str, images: torch.Tensor, fmt: str):
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: images.numpy()})]
+    with torch.no_grad():
+        return list(torch.jit.load(path)(images))
+
+
+def verify(model, files, images: torch.Tensor, with_nms: bool, static_batch: int = 0):
+    """Print the largest box and score differences between each exported file and the unfused PyTorch model."""
+    reference = prepare_for_export(model, fuse=False)
+    if with_nms:
+        reference = add_nms(reference, model)
+    with torch.no_grad():
+        expected = reference(images)
+    for fmt, path, dtype in files:
+        batches = [images]
+        if static_batch:
+            batches = [images[i:i + static_batch] for i in range(0, len(images), static_batch)]
+        batches = [b for b in batches if len(b) == (static_batch or len(b))]
+        if not batches:
+            print(f"{path}: fixed batch {static_batch}, give at least {static_batch} images to verify")
+            continue
+        got = [_run_exported(path, b.to(dtype), fmt) for b in batches]
+        got = [torch.cat(parts) for parts in zip(*got)]
+        n = len(got[0])
+        if with_nms:
+            num, boxes, scores, classes = got
+            same_count = torch.equal(num, expected[0][:n])
+            box_diff = _matched_box_difference(got, [e[:n] for e in expected])
+            score_diff = float((scores - expected[2][:n]).abs().max())  # both sorted by score
+            print(f"{path}: {n} images, detections per image {num.tolist()} (PyTorch {expected[0][:n].tolist()}, "
+                  f"{'same' if same_count else 'DIFFERENT'}), max box difference {box_diff:.3g} px, "
+                  f"max score difference {score_diff:.3g}")
+        else:
+            box_diff = float((got[0] - expected[0][:n]).abs().max())
+            score_diff = float((got[1] - expected[1][:n]).abs().max())
+            print(f"{path}: {n} images, max box difference {box_diff:.3g} px, max score difference {score_diff:.3g}")
+
+
+def _matched_box_difference(got, expected, score_tol: float = 1e-5) -> float:
+    """
+    Largest distance from an exported detection to the closest PyTorch detection of the same class and score
+    (within score_tol). Not a row-by-row difference: detections with equal scores may come in any order.
+    """
+    worst = 0.0
+    for i in range(len(got[0])):
+        n, m = int(got[0][i]), int(expected[0][i])
+        boxes, scores, classes = got[1][i, :n], got[2][i, :n], got[3][i, :n]
+        ref_boxes, ref_scores, ref_classes = expected[1][i, :m], expected[2][i, :m], expected[3][i, :m]
+        if n == 0 or m == 0:
+            continue
+        distance = (boxes[:, None] - ref_boxes[None]).abs().amax(dim=2)
+        comparable = (classes[:, None] == ref_classes[None]) & ((scores[:, None] - ref_scores[None]).abs() < score_tol)
+        distance = torch.where(comparable, distance, torch.full_like(distance, float("inf")))
+        worst = max(worst, float(distance.min(dim=1).values.max()))
+    return worst
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = setup_cfg(args)
+    model = load_model(cfg, args.allow_random_weights)
+    dtype = DTYPES[args.input_dtype]
+    suffix = "_nms" if args.with_nms else ""
+    name = os.path.splitext(os.path.basename(args.config_file))[0] + suffix
+    os.makedirs(args.output, exist_ok=True)
+    files = []
+    if args.format in ("onnx", "both"):
+        path = export_onnx(
+            model, os.path.join(args.output, name + ".onnx"), opset=args.opset, with_nms=args.with_nms,
+            dynamic_batch=not args.static_batch, batch_size=args.batch_size, input_dtype=dtype,
+        )
+        files.append(("onnx", path, dtype))
+    if args.format in ("torchscript", "both"):
+        path = export_torchscript(
+            model, os.path.join(args.output, name + ".ts"), with_nms=args.with_nms, batch_size=args.batch_size,
+            input_dtype=dtype,
+        )
+        files.append(("torchscript", path, dtype))
+    size = cfg.INPUT.SIZE
+    for fmt, path, _ in files:
+        outputs = "num_detections, boxes, scores, classes" if args.with_nms else "boxes, scores"
+        print(f"wrote {path} ({fmt}; input images [N, 3, {size}, {size}] {args.input_dtype} BGR; outputs {outputs})")
+    if args.verify:
+        verify(model, files, read_images(args.verify, size), args.with_nms,
+               static_batch=args.batch_size if args.static_batch else 0)
+
+
+if __name__ == "__main__":
+    main()
