@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_assignment.py
+	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_inference.py
 
 clean:

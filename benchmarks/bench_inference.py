@@ -15,7 +15,7 @@ Untrained heads score every anchor alike, so the head is rescaled to spread the 
 --candidate-fraction of the (anchor, class) pairs pass SCORE_THRESH_TEST, as a trained detector's do.
 Prints per-image times of the network and of the post-processing, and the ratio paper / ours.
 
-    .venv/bin/python benchmarks/bench_inference.py [--config-file configs/mg_repvgg_pafpn_voc.yaml] [--images 8]
+    .venv/bin/python benchmarks/bench_inference.py [--config-file configs/mg_vgg16_fpn_coco.yaml] [--images 8]
 """
 import argparse
 import copy
@@ -109,7 +109,7 @@ def onnx_time(model, images):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "mg_repvgg_pafpn_voc.yaml"))
+    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "mg_vgg16_fpn_coco.yaml"))
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--candidate-fraction", type=float, default=0.01,
                         help="share of (anchor, class) pairs above SCORE_THRESH_TEST")

@@ -88,15 +88,23 @@ def test_inference_returns_boxes_in_original_pixels():
     assert boxes.min() >= 0 and boxes.max() <= SIZE
 
 
-def test_fused_inference_keeps_detections():
+def test_fused_inference_keeps_outputs():
+    """BatchNorm folding and the NHWC layout change nothing but the speed."""
     model = make_model().eval()
-    images = [{"image": torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8)} for _ in range(2)]
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    batch = [{"image": im} for im in images]
     with torch.no_grad():
-        before = model(images)
+        normalised = model.preprocess_image(batch).tensor
+        logits, deltas = model.predict(normalised)
+        before = model(batch)
         model.fuse_for_inference()
-        after = model(images)
+        fused_logits, fused_deltas = model.predict(normalised)
+        after = model(batch)
+    assert torch.allclose(fused_logits, logits, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fused_deltas, deltas, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     for a, b in zip(before, after):
+        # detections of a random network tie in score, so compare the best score and the count
         a, b = a["instances"], b["instances"]
-        top = min(len(a), len(b), 50)  # the best detections; the tail can swap places at near-equal scores
-        assert torch.allclose(a.scores[:top], b.scores[:top], atol=1e-4)
-        assert torch.allclose(a.pred_boxes.tensor[:top], b.pred_boxes.tensor[:top], atol=1e-2)
+        assert abs(len(a) - len(b)) <= 3
+        assert float(a.scores[0]) == pytest.approx(float(b.scores[0]), abs=1e-4)

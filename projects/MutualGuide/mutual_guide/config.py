@@ -3,6 +3,8 @@
 `add_mutual_guide_config(cfg)` declares every key this project reads, on top of detectron2's defaults.
 Each section belongs to one part of the package; the comment on each key says what it changes.
 """
+import torch
+
 from detectron2.config import CfgNode as CN
 
 
@@ -12,6 +14,8 @@ def add_mutual_guide_config(cfg):
 
     # ---------------------------------------------------------------- model
     _C.MODEL.META_ARCHITECTURE = "MutualGuideDetector"
+    # detectron2 defaults to "cuda"; on a machine without a GPU the same configs then run on the CPU.
+    _C.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     # Images are BGR 0-255 minus the ImageNet mean in BGR order, not divided (the paper's preprocessing).
     _C.MODEL.PIXEL_MEAN = [104.0, 117.0, 123.0]
     _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
