@@ -37,7 +37,7 @@ def dataset_opts(info):
     ]
 
 
-def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=256):
+def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
     """Generate, train, evaluate, draw. Returns the evaluation results (COCO-style dict)."""
     import train_net
     import demo
