@@ -35,6 +35,9 @@ def _args(specs, output_dir):
         "SOLVER.IMS_PER_BATCH", "4",  # the total over all processes, as in detectron2
         "SOLVER.MAX_ITER", str(ITERS),
         "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.BASE_LR", "0.01",
+        "MODEL.BACKBONE.NAME", "ResNet18",
+        "MODEL.NECK.NAME", "FPN",
         "SOLVER.CHECKPOINT_PERIOD", "1000",
         "TEST.EVAL_PERIOD", "0",
         "SEED", "7",
