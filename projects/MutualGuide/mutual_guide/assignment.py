@@ -267,9 +267,11 @@ def label_anchors(
         if pred_boxes is None or pred_logits is None:
             raise ValueError("mutual guidance needs pred_boxes and pred_logits")
         pred_iou = batched_pairwise_iou(gt_boxes.float(), pred_boxes.detach().float())
-        # probability of each box's class at each anchor: [N, A, C] -> [N, G, A]
-        logits = pred_logits.detach().float().transpose(1, 2)
-        prob = logits.gather(1, gt_classes.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).sigmoid()
+        # probability of each box's class at each anchor, [N, G, A]: gather the G needed columns of the
+        # [N, A, C] logits before anything else touches them (transposing all C columns costs a copy of them all)
+        n, a = pred_logits.shape[:2]
+        index = gt_classes.unsqueeze(1).expand(n, a, gt_classes.shape[1])
+        prob = pred_logits.detach().gather(2, index).float().transpose(1, 2).sigmoid()
         cls_quality = anchor_iou ** ((2.0 - prob) / 2.0)
         matcher = MutualGuidanceMatcher(thresholds)
         cls_matches, cls_match_labels, reg_idx, reg_match_labels = matcher(anchor_iou, pred_iou, cls_quality, valid)
