@@ -11,8 +11,6 @@ computes the losses the way the authors' multibox loss does, with autograd, so b
 """
 import argparse
 import copy
-import importlib.util
-import os
 import time
 
 import torch
@@ -25,13 +23,7 @@ from detectron2.structures import Boxes, Instances
 import mutual_guide
 from mutual_guide.losses import balanced_l1_loss
 
-
-def load_oracle():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "oracle.py")
-    spec = importlib.util.spec_from_file_location("oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_assignment import load_oracle  # the same per-object oracle, loaded from tests/oracle.py
 
 
 def make_batch(batch, size, num_classes, seed=0):
