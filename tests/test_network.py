@@ -262,3 +262,23 @@ def test_head_initialisation_and_channel_layout():
     flat = permute_to_N_HWA_K(logits[0], 3)
     i, j, anchor, c = 2, 4, 5, 1
     assert flat[0, (i * 5 + j) * 6 + anchor, c] == logits[0][0, anchor * 3 + c, i, j]
+
+
+def test_plain_detection_checkpointer_loads_an_authors_checkpoint(tmp_path):
+    """The contract: detectron2's own DetectionCheckpointer accepts the authors' file, {"model": state_dict}."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    torch.manual_seed(0)
+    source = build_model(make_cfg("ShuffleNetV2", "SSD", 320, 20)).eval()
+    paper = to_paper_state_dict(source.state_dict())
+    assert any(k.startswith("loc.") for k in paper) and not any(k.startswith("head.") for k in paper)
+    paper["dist_adapter.0.weight"] = torch.zeros(3)  # distillation tensors of the authors' later files
+    path = tmp_path / "paper.pth"
+    torch.save({"model": paper}, path)
+    torch.manual_seed(1)
+    target = build_model(make_cfg("ShuffleNetV2", "SSD", 320, 20)).eval()
+    DetectionCheckpointer(target).load(str(path))
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        expected, got = source.predict(x), target.predict(x)
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])

@@ -14,7 +14,7 @@ _HEAD_PREFIXES = ("loc.", "conf.")
 def convert_paper_state_dict(sd: Dict) -> Dict:
     """
     The authors' state dict in our names: unwraps {"model": ...} / {"state_dict": ...}, strips DataParallel's
-    leading `module.`, renames `loc.*` -> `head.loc.*` and `conf.*` -> `head.conf.*`. Our own keys come back
+    leading `module.`, drops their distillation tensors (keys containing "dist"), renames `loc.*` -> `head.loc.*` and `conf.*` -> `head.conf.*`. Our own keys come back
     unchanged, so converting twice is converting once.
     """
     for wrapper in ("model", "state_dict"):
@@ -22,6 +22,9 @@ def convert_paper_state_dict(sd: Dict) -> Dict:
             sd = sd[wrapper]
     out = {}
     for key, value in sd.items():
+        if "dist" in key:
+            # the authors' distillation-time tensors, which their own test script drops before loading
+            continue
         if key.startswith("module."):
             key = key[len("module."):]
         if key.startswith(_HEAD_PREFIXES):
