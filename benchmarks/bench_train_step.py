@@ -47,10 +47,7 @@ def paper_style_losses(model, oracle, logits, deltas, gt_instances):
     classes = [x.gt_classes for x in gt_instances]
     pred_boxes = None
     if model.mutual_guidance:
-        n, a = deltas.shape[:2]
-        pred_boxes = model.box2box_transform.apply_deltas(
-            deltas.detach().reshape(-1, 4), model.anchors.repeat(n, 1)
-        ).view(n, a, 4)
+        pred_boxes = model.decode_boxes(deltas.detach())
     labels = oracle.oracle_label_anchors(
         model.anchors, boxes, classes, model.num_classes, pred_boxes=pred_boxes,
         pred_logits=logits.detach(), mutual_guidance=model.mutual_guidance,

@@ -2,24 +2,17 @@
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import mutual_guide.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.meta_arch  # noqa: F401
 from mutual_guide.backbone.repvgg import RepVGGBackbone, RepVGGBlock
-from mutual_guide.config import add_mutual_guide_config
 from mutual_guide.deploy import fold_batchnorm, fuse_repvgg_blocks
+from conftest import make_cfg
 
 
 def make_model(backbone, neck="PAFPN", size=320):
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = backbone
-    cfg.MODEL.NECK.NAME = neck
-    cfg.INPUT.SIZE = size
-    return build_model(cfg)
+    return build_model(make_cfg(backbone, neck, size))
 
 
 def randomize_batchnorm(model, seed=0):

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torchvision
 
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
@@ -14,9 +13,9 @@ import mutual_guide.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
 from mutual_guide.backbone import load_pretrained_backbone
 from mutual_guide.checkpoint import CheckpointMismatchError, MutualGuideCheckpointer
-from mutual_guide.config import add_mutual_guide_config
 from mutual_guide.neck import build_neck
 from mutual_guide.paper_checkpoint import convert_paper_state_dict, to_paper_state_dict
+from conftest import make_cfg
 
 BACKBONES = ["VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"]
 
@@ -42,15 +41,6 @@ PAPER_PARAM_COUNTS = {
 BACKBONE_CHANNELS = {"VGG16": (512, 512), "ResNet18": (256, 512), "RepVGG": (384, 1408), "ShuffleNetV2": (232, 464)}
 
 
-def make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80):
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = backbone
-    cfg.MODEL.NECK.NAME = neck
-    cfg.INPUT.SIZE = size
-    cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
-    return cfg
 
 
 def randomize_batchnorm(model, seed=0):

@@ -56,9 +56,8 @@ class ExportableDetector(nn.Module):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         images = (images.float() - self.pixel_mean) / self.pixel_std
         logits, deltas = self.model.predict(images)
-        # the same call as label_anchors/inference (Box2BoxTransform, weights 10, 10, 5, 5), on every anchor
-        anchors = self.model.anchors.repeat(deltas.shape[0], 1)
-        boxes = self.model.box2box_transform.apply_deltas(deltas.reshape(-1, 4), anchors)
+        # the decoding label_anchors uses (Box2BoxTransform, weights 10, 10, 5, 5), on every anchor
+        boxes = self.model.decode_boxes(deltas)
         # Boxes.clip does the same per coordinate; clamp avoids its finiteness assert, which does not trace
         boxes = boxes.clamp(min=0.0, max=float(self.input_size))
         # constant sizes, so the exported outputs have a static anchor and class dimension

@@ -162,6 +162,11 @@ class MutualGuideDetector(DenseDetector):
         logits, deltas = self._transpose_dense_predictions([logits, deltas], [self.num_classes, 4])
         return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
 
+    def decode_boxes(self, deltas: Tensor) -> Tensor:
+        """Boxes predicted at every anchor: deltas [N, A, 4] -> XYXY boxes [N, A, 4] in the S x S frame, unclipped."""
+        anchors = self.anchors.repeat(deltas.shape[0], 1)
+        return self.box2box_transform.apply_deltas(deltas.reshape(-1, 4), anchors).view(deltas.shape)
+
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         """Subtract the mean, resize to S x S when needed (aspect not kept, as the paper) and batch."""
         images = []
@@ -225,10 +230,7 @@ class MutualGuideDetector(DenseDetector):
         gt_boxes, gt_classes, valid = pad_ground_truth(gt_instances)
         pred_boxes = None
         if self.mutual_guidance:
-            n, a = deltas.shape[:2]
-            pred_boxes = self.box2box_transform.apply_deltas(
-                deltas.detach().reshape(-1, 4), self.anchors.repeat(n, 1)
-            ).view(n, a, 4)
+            pred_boxes = self.decode_boxes(deltas.detach())
         labels = label_anchors(
             self.anchors,
             gt_boxes,
