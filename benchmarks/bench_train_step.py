@@ -1,32 +1,42 @@
 """
-A whole training step (forward, assignment, losses, backward, SGD update) of the same network on the same batch:
-this project's vectorised assignment and losses against the paper's style of computing them (a Python loop per
-image and per object for the assignment, a dense one-hot target over every anchor and class, the loss built from
-it), in one run. Prints both times and the ratio; the bar is 1.3x.
+A whole training step (forward, assignment, losses, backward, SGD update) of the same network from the same
+weights on the same batch: this project's step against the paper's way of doing it, timed alternately in one run.
+Prints the best time of each side, where each side's time goes, and the ratio; the bar is 1.3x.
 
-The paper-style side reuses tests/oracle.py (the per-object assignment the tests trust) for the labels and
-computes the losses the way the authors' multibox loss does, with autograd, so both sides do the same backward.
+ours:         `model(batch)` as the trainer calls it: the network in the layout MODEL.MUTUAL_GUIDE.
+              CHANNELS_LAST_DEVICES gives it (NHWC on the CPU), the batched assignment, the fused focal loss.
+paper-style:  the same network in PyTorch's default NCHW layout (the paper's code), labels from a loop over
+              images and objects (tests/oracle.py, the per-object reference the tests trust) and the losses
+              computed as the seed's MultiBoxLoss does: a dense one-hot target over every anchor and class and
+              the focal loss through autograd, with the seed's ignore rule.
+seed:         with --seed-repo DIR (a checkout of zhanghengdev/MutualGuide at fd2c4cc), the seed's own
+              MultiBoxLoss on the NCHW network instead of the paper-style re-implementation; also timed.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--backbone ShuffleNetV2] [--neck FPN] [--batch 8]
+    .venv/bin/python benchmarks/bench_train_step.py [--seed-repo /tmp/seed] [--batch 16] [--num-classes 80]
 """
 import argparse
 import copy
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-import mutual_guide
-from mutual_guide.losses import balanced_l1_loss
-
 from bench_assignment import load_oracle  # the same per-object oracle, loaded from tests/oracle.py
+from check_seed_loss import load_seed_loss  # the seed's MultiBoxLoss, runnable on the CPU
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from conftest import make_cfg  # noqa: E402  (the tests' CPU config of one network)
+
+from mutual_guide.losses import balanced_l1_loss  # noqa: E402
 
 
 def make_batch(batch, size, num_classes, seed=0):
+    """Random images with 5-10 boxes of 10-122 px each, as the trainer's data loader hands them over."""
     g = torch.Generator().manual_seed(seed)
     inputs = []
     for _ in range(batch):
@@ -41,27 +51,30 @@ def make_batch(batch, size, num_classes, seed=0):
     return inputs
 
 
-def paper_style_losses(model, oracle, logits, deltas, gt_instances):
-    """Per-object labels, then a one-hot target over all anchors and classes, as in the authors' code."""
-    boxes = [x.gt_boxes.tensor for x in gt_instances]
-    classes = [x.gt_classes for x in gt_instances]
-    pred_boxes = None
-    if model.mutual_guidance:
-        pred_boxes = model.decode_boxes(deltas.detach())
+def paper_style_losses(model, oracle, logits, deltas, batch):
+    """Per-object labels, then a one-hot target over all anchors and classes, as the seed's MultiBoxLoss."""
+    size = model.input_size
+    boxes = [x["instances"].gt_boxes.tensor for x in batch]
+    classes = [x["instances"].gt_classes for x in batch]
+    pred_boxes = model.decode_boxes(deltas.detach()) / size if model.mutual_guidance else None
+    # IoUs relative to the image side, as the seed (and ours) measure them
     labels = oracle.oracle_label_anchors(
-        model.anchors, boxes, classes, model.num_classes, pred_boxes=pred_boxes,
+        model.normalized_anchors, [b / size for b in boxes], classes, model.num_classes, pred_boxes=pred_boxes,
         pred_logits=logits.detach(), mutual_guidance=model.mutual_guidance,
     )
     cls_labels = labels["cls_labels"]
     one_hot = torch.zeros(*cls_labels.shape, model.num_classes + 1)  # background as an extra column
     one_hot.scatter_(2, cls_labels.masked_fill(cls_labels < 0, model.num_classes).unsqueeze(-1), 1.0)
     targets = one_hot[..., :-1]
-    # the seed's rule (IGNORE "anchor"): an ignored anchor has no classification term at all
-    weight = (cls_labels != -1).unsqueeze(-1).float()
+    # the seed's rule: the focal loss runs over positive and negative anchors only (a boolean-mask selection)
+    trained = cls_labels != -1
+    logits, targets = logits[trained], targets[trained]
     p = logits.sigmoid()
-    focal = targets * 0.25 * (1 - p) * -F.logsigmoid(logits) + (1 - targets) * 0.75 * p * -F.logsigmoid(-logits)
+    pt = (1 - p) * targets + p * (1 - targets)
+    weight = (0.25 * targets + 0.75 * (1 - targets)) * pt
+    focal = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight
     num_pos = max(1, int(((cls_labels >= 0) & (cls_labels < model.num_classes)).sum()))
-    loss_cls = (focal * weight).sum() / num_pos
+    loss_cls = focal.sum() / num_pos
     reg_targets, reg_preds = [], []
     for i in range(len(boxes)):
         idx = labels["reg_mask"][i].nonzero().flatten()
@@ -73,20 +86,63 @@ def paper_style_losses(model, oracle, logits, deltas, gt_instances):
     return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
 
 
-def time_steps(model, batch, loss_fn, repeats):
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    times = []
-    for _ in range(repeats + 1):  # the first step warms up
-        start = time.perf_counter()
-        images = model.preprocess_image(batch)
-        logits, deltas = model.predict(images.tensor)
-        gt = [model._scaled_instances(x) for x in batch]
-        losses = loss_fn(logits, deltas, gt)
-        optimizer.zero_grad()
+def seed_losses(model, multibox_loss, priors, logits, deltas, batch):
+    """The seed's own MultiBoxLoss: targets relative to the image side, labels from 1 (0 is its background)."""
+    size = model.input_size
+    targets = [
+        torch.cat([x["instances"].gt_boxes.tensor / size, (x["instances"].gt_classes + 1).float()[:, None]], 1)
+        for x in batch
+    ]
+    loss_box, loss_cls = multibox_loss((deltas, logits), priors, targets)
+    return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
+
+
+class Side:
+    """One way of doing the step, with its own copy of the weights and its own optimizer."""
+
+    def __init__(self, name, model, loss_fn=None):
+        self.name, self.model, self.loss_fn = name, model, loss_fn
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        self.times, self.losses = [], None
+
+    def step(self, batch):
+        t0 = time.perf_counter()
+        if self.loss_fn is None:  # ours, exactly as detectron2's trainer calls the model
+            losses = self.model(batch)
+            t1 = t2 = time.perf_counter()  # forward and losses are one call
+        else:
+            images = self.model.preprocess_image(batch).tensor
+            logits, deltas = self.model.predict(images)
+            t1 = time.perf_counter()
+            losses = self.loss_fn(logits, deltas, batch)
+            t2 = time.perf_counter()
+        self.optimizer.zero_grad()
         sum(losses.values()).backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return min(times[1:]), {k: round(float(v.detach()), 5) for k, v in losses.items()}
+        t3 = time.perf_counter()
+        self.optimizer.step()
+        t4 = time.perf_counter()
+        self.times.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        self.losses = {k: float(v.detach()) for k, v in losses.items()}
+
+    def best(self):
+        return min(self.times[1:])  # the first step warms up
+
+
+def phases(model, batch):
+    """Our step cut in phases (outside the timed steps): forward, assignment + losses, backward."""
+    images = model.preprocess_image(batch).tensor
+    from mutual_guide.inputs import batch_ground_truth
+
+    t0 = time.perf_counter()
+    gt = batch_ground_truth(batch, model.input_size, model.device)
+    logits, deltas = model.predict(images)
+    t1 = time.perf_counter()
+    losses = model.losses(logits, deltas, gt)
+    t2 = time.perf_counter()
+    sum(losses.values()).backward()
+    t3 = time.perf_counter()
+    model.zero_grad()
+    return t1 - t0, t2 - t1, t3 - t2
 
 
 def main():
@@ -94,31 +150,56 @@ def main():
     parser.add_argument("--backbone", default="ShuffleNetV2")
     parser.add_argument("--neck", default="FPN")
     parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per side, after one warm-up step")
+    parser.add_argument("--seed-repo", help="a checkout of zhanghengdev/MutualGuide at fd2c4cc: also time the "
+                        "seed's own MultiBoxLoss")
+    parser.add_argument("--baseline", action="store_true", help="also time the IoU baseline")
     args = parser.parse_args()
     oracle = load_oracle()
+    seed = None
+    if args.seed_repo:
+        MultiBoxLoss, PriorBox = load_seed_loss(args.seed_repo)
+        seed = (MultiBoxLoss, PriorBox(24.0, args.size).forward())
     print(f"{args.backbone}-{args.neck} {args.size}x{args.size}, batch {args.batch}, {args.num_classes} classes, "
-          f"{torch.get_num_threads()} threads")
-    for mutual_guidance in (True, False):
-        cfg = get_cfg()
-        mutual_guide.add_mutual_guide_config(cfg)
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.MODEL.BACKBONE.NAME, cfg.MODEL.NECK.NAME = args.backbone, args.neck
-        cfg.INPUT.SIZE, cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = args.size, args.num_classes
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; best of {args.repeats} steps per side, "
+          f"taken in turn")
+    batch = make_batch(args.batch, args.size, args.num_classes)
+    for mutual_guidance in (True, False) if args.baseline else (True,):
+        cfg = make_cfg(args.backbone, args.neck, args.size, args.num_classes)
         cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
         torch.manual_seed(0)
         ours = build_model(cfg).train()
-        paper = copy.deepcopy(ours)
-        batch = make_batch(args.batch, args.size, args.num_classes)
-        t_ours, l_ours = time_steps(ours, batch, ours.losses, args.repeats)
-        t_paper, l_paper = time_steps(
-            paper, batch, lambda lo, de, gt: paper_style_losses(paper, oracle, lo, de, gt), args.repeats
-        )
+        cfg.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = []  # the paper's layout
+        paper = build_model(cfg).train()
+        paper.load_state_dict(ours.state_dict())
+        sides = [
+            Side("ours", ours),
+            Side("paper-style", paper, lambda lo, de, b: paper_style_losses(paper, oracle, lo, de, b)),
+        ]
+        if seed is not None:
+            seed_model = copy.deepcopy(paper)
+            multibox = seed[0](args.num_classes + 1, mutual_guide=mutual_guidance)
+            sides.append(Side("seed", seed_model, lambda lo, de, b: seed_losses(seed_model, multibox, seed[1],
+                                                                                  lo, de, b)))
+        for _ in range(args.repeats + 1):
+            for side in sides:
+                side.step(batch)
         name = "mutual guidance" if mutual_guidance else "IoU baseline"
-        print(f"{name:16s} step: ours {t_ours * 1000:8.1f} ms   paper-style {t_paper * 1000:8.1f} ms   "
-              f"{t_paper / t_ours:5.2f}x faster   (last losses ours {l_ours}, paper-style {l_paper})")
+        t_ours = sides[0].best()[0]
+        print(f"\n{name}: step time (ms), best of {args.repeats}; forward | assignment + losses | backward | SGD")
+        for side in sides:
+            total, fwd, loss, bwd, sgd = side.best()
+            split = f"{fwd * 1e3:7.0f} | {loss * 1e3:7.0f} | {bwd * 1e3:7.0f} | {sgd * 1e3:4.0f}"
+            if side.loss_fn is None:
+                split = "(one call)                | " + f"{bwd * 1e3:7.0f} | {sgd * 1e3:4.0f}"
+            ratio = "" if side is sides[0] else f"   ours is {total / t_ours:4.2f}x faster"
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in side.losses.items())
+            print(f"  {side.name:12s} {total * 1e3:7.0f}   {split}{ratio}   (last step: {losses})")
+        fwd, loss, bwd = phases(ours, batch)
+        print(f"  ours, cut in phases in a separate step: forward {fwd * 1e3:.0f} | assignment + losses "
+              f"{loss * 1e3:.0f} | backward {bwd * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Two CPU processes (gloo) through detectron2's launch: same weights in both, same loss as one process."""
+"""
+Two CPU processes (gloo) through detectron2's launch train as one process on the same total batch: the loss
+normalisers (numbers of positives) are summed over processes, so DDP's averaged gradient is the one-process one.
+BatchNorm is frozen here: its batch statistics are per process without SyncBatchNorm, which needs CUDA.
+"""
 import json
 import os
 
@@ -7,6 +11,7 @@ import torch
 
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, launch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.engine.launch import _find_free_port
 
 import train_net
@@ -15,10 +20,6 @@ from mutual_guide.data import make_synthetic_dataset
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 ITERS = 2
-# Relative difference allowed between the 2-process and the 1-process loss of the same total batch. They are
-# not equal: BatchNorm normalises each process's half batch with its own statistics, and the focal loss of each
-# process is divided by that process's positives before the two are averaged.
-LOSS_RTOL = 0.05
 
 
 def _args(specs, output_dir):
@@ -44,14 +45,23 @@ def _args(specs, output_dir):
     ])
 
 
+class FrozenBatchNormTrainer(train_net.Trainer):
+    @classmethod
+    def build_model(cls, cfg):
+        return FrozenBatchNorm2d.convert_frozen_batchnorm(super().build_model(cfg))
+
+
 def _train(specs, output_dir):
     """Runs in every process: train, then save this process's parameters."""
     torch.set_num_threads(1)
     cfg = train_net.setup(_args(specs, output_dir))
-    trainer = train_net.Trainer(cfg)
+    trainer = FrozenBatchNormTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    if comm.get_rank() == 0:
+        torch.save({k: v.detach().clone() for k, v in model.named_parameters()},
+                   os.path.join(output_dir, "params_initial.pth"))
+    trainer.train()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     torch.save(params, os.path.join(output_dir, f"params_rank{comm.get_rank()}_of{comm.get_world_size()}.pth"))
 
@@ -85,8 +95,13 @@ def test_two_cpu_processes_train_like_one(four_images, tmp_path):
 
     # Both runs start from the same weights (same SEED) and see the same 4 images per iteration.
     single = torch.load(one / "params_rank0_of1.pth")
-    moved = max(float((single[k] - rank0[k]).abs().max()) for k in single)
-    assert moved < 1e-2, f"2-process weights are {moved:.3g} away from the 1-process ones"
+    initial = torch.load(two / "params_initial.pth")
+    moved = max(float((single[k] - initial[k]).abs().max()) for k in single)
+    apart = max(float((single[k] - rank0[k]).abs().max()) for k in single)
     loss_two, loss_one = _last_loss(two), _last_loss(one)
-    print(f"2 processes: loss {loss_two:.5f}; 1 process: loss {loss_one:.5f}; max weight difference {moved:.3g}")
-    assert loss_two == pytest.approx(loss_one, rel=LOSS_RTOL), (loss_two, loss_one)
+    print(f"2 processes: loss {loss_two:.7f}; 1 process: loss {loss_one:.7f}; weights moved up to {moved:.3g}, "
+          f"2 vs 1 process up to {apart:.3g}")
+    assert moved > 1e-4  # training did move the weights
+    # the same arithmetic up to the order of float32 sums
+    assert apart < 1e-3 * moved, f"2-process weights are {apart:.3g} away from the 1-process ones"
+    assert loss_two == pytest.approx(loss_one, rel=1e-5), (loss_two, loss_one)

@@ -9,6 +9,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import mutual_guide
+from mutual_guide.inputs import batch_ground_truth
 
 SIZE = 128
 
@@ -59,15 +60,25 @@ def test_degenerate_boxes_are_dropped_and_counted(caplog):
         assert torch.allclose(losses_bad[key], losses_good[key]), key
 
 
-def test_ground_truth_of_non_square_images_is_scaled():
-    """An image of 64 x 256 is resized to S x S inside the model; its boxes must follow."""
-    model = make_model().train()
-    square = training_input([[32, 32, 96, 96]], [0], SIZE, SIZE)
-    wide = training_input([[64, 16, 192, 48]], [0], height=64, width=256)
-    scaled = model._scaled_instances(wide)
-    assert scaled.gt_boxes.tensor.tolist() == [[32.0, 32.0, 96.0, 96.0]]
-    assert scaled.image_size == (SIZE, SIZE)
-    assert model._scaled_instances(square).gt_boxes.tensor.tolist() == [[32.0, 32.0, 96.0, 96.0]]
+def test_ground_truth_of_non_square_images_is_scaled_clipped_and_padded():
+    """An image of 64 x 256 is resized to S x S inside the model; its boxes must follow, and be clipped to it."""
+    square = training_input([[32, 32, 96, 96], [100, 120, 140, 130]], [0, 2], SIZE, SIZE)
+    wide = training_input([[64, 16, 192, 48]], [1], height=64, width=256)
+    gt = batch_ground_truth([square, wide], SIZE, torch.device("cpu"))
+    assert gt.boxes.tolist() == [
+        [[32.0, 32.0, 96.0, 96.0], [100.0, 120.0, 128.0, 128.0]],
+        [[32.0, 32.0, 96.0, 96.0], [0.0, 0.0, 0.0, 0.0]],
+    ]
+    assert gt.classes.tolist() == [[0, 2], [1, 0]]
+    assert gt.valid.tolist() == [[True, True], [True, False]]
+
+
+def test_non_finite_ground_truth_names_the_file():
+    good = training_input([[10, 10, 60, 70]], [1])
+    bad = training_input([[10, 10, float("nan"), 70]], [1])
+    bad["file_name"] = "images/broken.jpg"
+    with pytest.raises(ValueError, match="broken.jpg"):
+        batch_ground_truth([good, bad], SIZE, torch.device("cpu"))
 
 
 def test_inference_returns_boxes_in_original_pixels():

@@ -15,6 +15,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Instances
@@ -56,23 +57,21 @@ class AnchorLabels(NamedTuple):
 
 def pad_ground_truth(gt_instances: List[Instances]) -> Tuple[Tensor, Tensor, Tensor]:
     """
-    Stack per-image ground truth into padded tensors, valid boxes first in each image.
+    Stack per-image ground truth into padded tensors, each image's boxes first.
 
     Returns:
         gt_boxes [N, G, 4] float XYXY, gt_classes [N, G] long, valid [N, G] bool, with G the largest number of
         boxes in an image (possibly 0). Padding is zeros.
     """
-    num_boxes = [len(x) for x in gt_instances]
-    g = max(num_boxes, default=0)
     n = len(gt_instances)
     device = gt_instances[0].gt_boxes.tensor.device if n else torch.device("cpu")
-    gt_boxes = torch.zeros(n, g, 4, device=device)
-    gt_classes = torch.zeros(n, g, dtype=torch.long, device=device)
-    valid = torch.zeros(n, g, dtype=torch.bool, device=device)
-    for i, (inst, k) in enumerate(zip(gt_instances, num_boxes)):
-        gt_boxes[i, :k] = inst.gt_boxes.tensor
-        gt_classes[i, :k] = inst.gt_classes
-        valid[i, :k] = True
+    if n == 0:
+        return torch.zeros(0, 0, 4), torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.bool)
+    gt_boxes = pad_sequence([x.gt_boxes.tensor.float() for x in gt_instances], batch_first=True)
+    gt_classes = pad_sequence([x.gt_classes.long() for x in gt_instances], batch_first=True)
+    valid = pad_sequence(
+        [torch.ones(len(x), dtype=torch.bool, device=device) for x in gt_instances], batch_first=True
+    )
     return gt_boxes, gt_classes, valid
 
 
@@ -97,24 +96,26 @@ def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter.div_(union).masked_fill_(~overlapping, 0.0)
 
 
-def _top_n_mask(scores: Tensor, n: Tensor) -> Tensor:
+def _top_n_masks(scores: Tensor, counts: List[Tensor], k: int) -> List[Tensor]:
     """
-    [..., A] bool: the n[...] highest scores of each row; among equal scores the lower anchor index goes first
-    (torch.topk alone leaves ties unspecified).
+    For each n of `counts` ([...] each, all at most k): the [..., A] bool mask of the n[...] highest scores of
+    each row, among equal scores the lower anchor index first (torch.topk alone leaves ties unspecified).
+
+    One top-k serves every n. Without reading anything back to the host: the n-th value of each row bounds the
+    mask, and the values equal to it are kept in index order, as many as the row still needs.
     """
-    k = int(n.max()) if n.numel() else 0
     if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    kth = scores.topk(k, dim=-1).values.gather(-1, (n - 1).clamp(min=0).unsqueeze(-1))
-    mask = scores >= kth
-    # Rows where scores equal to the n-th spill over n: keep the ties of lowest index. Usually few rows.
-    rows = ((mask.sum(-1) > n) & (n > 0)).nonzero(as_tuple=True)
-    if rows[0].numel():
-        sub, sub_kth = scores[rows], kth[rows]
-        above, tie = sub > sub_kth, sub == sub_kth
-        need = n[rows].unsqueeze(-1) - above.sum(-1, keepdim=True)
-        mask[rows] = above | (tie & (tie.cumsum(-1) <= need))
-    return mask & (n > 0).unsqueeze(-1)
+        return [torch.zeros_like(scores, dtype=torch.bool) for _ in counts]
+    top = scores.topk(k, dim=-1).values
+    masks = []
+    for n in counts:
+        kth = top.gather(-1, (n - 1).clamp(min=0).unsqueeze(-1))
+        above = scores > kth
+        tie = scores == kth
+        need = n.unsqueeze(-1) - above.sum(-1, keepdim=True)
+        mask = above | (tie & (tie.cumsum(-1, dtype=torch.int32) <= need))
+        masks.append(mask & (n > 0).unsqueeze(-1))
+    return masks
 
 
 def _best_anchor_per_box(quality: Tensor) -> Tensor:
@@ -217,21 +218,20 @@ class MutualGuidanceMatcher:
         )
 
         num_ignored = (anchor_iou >= self.low).sum(-1)  # [N, G]
-        num_positive = (anchor_iou >= self.high).sum(-1)
+        num_positive = (anchor_iou >= self.high).sum(-1)  # <= num_ignored
+        k = int(num_ignored.max())  # the one host read of the assignment: top-k needs its k
 
         # localize to classify
-        ignored = _top_n_mask(pred_iou, num_ignored)
-        positive = _top_n_mask(pred_iou, num_positive)
+        ignored, positive = _top_n_masks(pred_iou, [num_ignored, num_positive], k)
         cls_marks = pred_iou.masked_fill_(ignored, _IGNORED_MARK).masked_fill_(positive, _POSITIVE_MARK)
         # classify to localize
-        reg_marks = cls_quality.masked_fill_(_top_n_mask(cls_quality, num_positive), _POSITIVE_MARK)
+        (reg_positive,) = _top_n_masks(cls_quality, [num_positive], k)
+        reg_marks = cls_quality.masked_fill_(reg_positive, _POSITIVE_MARK)
 
         # torch.max over boxes returns the first (lowest box index) of equal maxima.
         cls_best, cls_matches = cls_marks.max(dim=1)
         reg_best, reg_matches = reg_marks.max(dim=1)
-        cls_labels = torch.zeros_like(cls_matches, dtype=torch.int8)
-        cls_labels[cls_best == _IGNORED_MARK] = -1
-        cls_labels[cls_best == _POSITIVE_MARK] = 1
+        cls_labels = (cls_best == _POSITIVE_MARK).to(torch.int8) - (cls_best == _IGNORED_MARK).to(torch.int8)
         reg_labels = (reg_best == _POSITIVE_MARK).to(torch.int8)
         return cls_matches, cls_labels, reg_matches, reg_labels
 
@@ -258,11 +258,24 @@ def label_anchors(
         mutual_guidance: mutual guidance if True, else the IoU baseline.
         thresholds: (low, high) IoU thresholds.
         num_classes: C, the background value of `cls_labels`; defaults to pred_logits.shape[-1].
+
+    Computed in float32 whatever dtype the predictions come in (autocast is turned off here), so that the
+    labels do not depend on the precision the network ran in. Reads one value back to the host (the largest
+    top-k of mutual guidance; detectron2's Matcher reads a few more for the baseline), whatever the batch.
     """
     if num_classes is None:
         if pred_logits is None:
             raise ValueError("label_anchors needs num_classes when pred_logits is not given")
         num_classes = pred_logits.shape[-1]
+    with torch.autocast(anchors.device.type, enabled=False):
+        return _label_anchors(
+            anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, mutual_guidance, thresholds, num_classes
+        )
+
+
+def _label_anchors(
+    anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, mutual_guidance, thresholds, num_classes
+) -> AnchorLabels:
     anchor_iou = batched_pairwise_iou(gt_boxes.float(), anchors.float())
     if mutual_guidance:
         if pred_boxes is None or pred_logits is None:

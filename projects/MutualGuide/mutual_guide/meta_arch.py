@@ -4,29 +4,29 @@ A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 
 (6 anchors per location, per-level convs). What is new is in training: which anchors each task learns from is
 chosen by the other task's predictions (see `assignment.py`).
 """
+import concurrent.futures
 import logging
-from typing import Dict, List, Tuple
+import math
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectron2.config import configurable
-from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import log_every_n_seconds
 
 from .anchors import generate_anchors, generate_normalized_anchors, num_levels_for
 from .assignment import label_anchors, pad_ground_truth
 from .head import MutualGuideHead
+from .inputs import GroundTruth, batch_ground_truth, batch_images
 from .losses import IGNORE_RULES, mutual_guide_losses
 from .neck import build_neck
 from .paper_checkpoint import convert_paper_state_dict
+from .postprocessing import select_detections
 
 __all__ = ["MutualGuideDetector"]
 
@@ -67,11 +67,33 @@ class MutualGuideDetector(DenseDetector):
         loss_box_reg_weight: float = 1.0,
         test_score_thresh: float = 0.005,
         test_nms_thresh: float = 0.5,
+        test_topk_candidates: int = 1000,
         max_detections_per_image: int = 300,
         pixel_mean: Tuple[float, float, float],
         pixel_std: Tuple[float, float, float],
+        channels_last: bool = False,
         vis_period: int = 0,
     ):
+        """
+        Args:
+            backbone, neck, head: the network; `head` gives per-level logits and deltas (`MutualGuideHead`).
+            num_classes: C, object classes without background.
+            input_size: S, the square input side (a multiple of 64).
+            anchor_base_size: anchor side at stride 8, doubled at each level.
+            mutual_guidance: mutual guidance assignment if True, else the IoU baseline.
+            iou_thresholds: (low, high) anchor IoU thresholds: negative below low, positive from high.
+            ignore: what an ignored anchor leaves out of the focal loss, one of `IGNORE_RULES`.
+            box2box_transform: box encoding (weights 10, 10, 5, 5: the SSD variances).
+            focal_loss_alpha, focal_loss_gamma: the focal loss.
+            balanced_l1_alpha, balanced_l1_gamma, balanced_l1_beta: the balanced L1 loss.
+            loss_cls_weight, loss_box_reg_weight: weights of the two losses.
+            test_score_thresh, test_nms_thresh: per-class score kept before NMS, per-class NMS IoU.
+            test_topk_candidates: (anchor, class) pairs kept per level and image before NMS; <= 0 keeps all.
+            max_detections_per_image: detections kept per image after NMS.
+            pixel_mean, pixel_std: BGR normalisation of the input.
+            channels_last: run the network in the NHWC layout (weights converted here; `predict` converts inputs).
+            vis_period: unused (detectron2's DenseDetector interface).
+        """
         super().__init__(backbone, head, head_in_features=None, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if input_size % 64 != 0:
             raise ValueError(f"INPUT.SIZE must be a multiple of 64, got {input_size}")
@@ -90,9 +112,12 @@ class MutualGuideDetector(DenseDetector):
         self.loss_weights = (loss_cls_weight, loss_box_reg_weight)
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
+        self.test_topk_candidates = test_topk_candidates
         self.max_detections_per_image = max_detections_per_image
         self.vis_period = vis_period
+        self.anchor_base_size = anchor_base_size
         num_levels = num_levels_for(input_size)
+        self.num_anchors_per_level = [6 * math.ceil(input_size / 2 ** (3 + k)) ** 2 for k in range(num_levels)]
         # Anchors depend only on the input size: computed once, saved with nothing. The normalised copy is the
         # assignment's (see `generate_normalized_anchors`), the pixel one everything else's.
         self.register_buffer("anchors", generate_anchors(input_size, anchor_base_size, num_levels), persistent=False)
@@ -103,6 +128,10 @@ class MutualGuideDetector(DenseDetector):
         )
         # The authors' checkpoints name the head `loc`/`conf` at the top level; rename on load.
         self.register_load_state_dict_pre_hook(_rename_paper_keys)
+        self.channels_last = channels_last
+        if channels_last:
+            # build_model's .to(device) keeps the layout, so DDP later sees the parameters as they will train
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -132,11 +161,24 @@ class MutualGuideDetector(DenseDetector):
             "loss_box_reg_weight": mg.LOSS_BOX_REG_WEIGHT,
             "test_score_thresh": mg.SCORE_THRESH_TEST,
             "test_nms_thresh": mg.NMS_THRESH_TEST,
+            "test_topk_candidates": cfg.TEST.TOPK_CANDIDATES,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": torch.device(cfg.MODEL.DEVICE).type in mg.CHANNELS_LAST_DEVICES,
             "vis_period": cfg.VIS_PERIOD,
         }
+
+    def _apply(self, fn, *args, **kwargs):
+        """Anchors stay float32 whatever dtype the network is cast to (`half()`): in float16 a 320 px
+        coordinate is off by up to 0.125 px."""
+        super()._apply(fn, *args, **kwargs)
+        for name, make in (("anchors", generate_anchors), ("normalized_anchors", generate_normalized_anchors)):
+            anchors = getattr(self, name)
+            if anchors.dtype != torch.float32:
+                exact = make(self.input_size, self.anchor_base_size, len(self.num_anchors_per_level))
+                setattr(self, name, exact.to(anchors.device))
+        return self
 
     def fuse_for_inference(self):
         """
@@ -148,10 +190,8 @@ class MutualGuideDetector(DenseDetector):
         self.eval()
         fuse_repvgg_blocks(self)
         fold_batchnorm(self)
-        # oneDNN convolutions run faster on NHWC tensors on the CPU (about 1.2-1.3x here); GPUs gain too with
-        # cuDNN's NHWC kernels. `predict` converts its input to the same layout.
-        self.to(memory_format=torch.channels_last)
-        self._channels_last = True
+        if self.channels_last:  # fused RepVGG convolutions are new, NCHW, tensors
+            self.to(memory_format=torch.channels_last)
         return self
 
     # ------------------------------------------------------------------ network
@@ -165,7 +205,7 @@ class MutualGuideDetector(DenseDetector):
             logits [N, A, C] and box deltas [N, A, 4], anchors ordered level, row, column, anchor
             (the order of `self.anchors` and of the paper's prior boxes).
         """
-        if getattr(self, "_channels_last", False):
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
         features = self.neck([features[f] for f in self.head_in_features])
@@ -179,86 +219,68 @@ class MutualGuideDetector(DenseDetector):
         return self.box2box_transform.apply_deltas(deltas.reshape(-1, 4), anchors).view(deltas.shape)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
-        """Subtract the mean, resize to S x S when needed (aspect not kept, as the paper) and batch."""
-        images = []
-        for x in batched_inputs:
-            image = self._move_to_current_device(x["image"]).float()
-            if image.shape[-2:] != (self.input_size, self.input_size):
-                image = F.interpolate(
-                    image[None], size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-                )[0]
-            images.append((image - self.pixel_mean) / self.pixel_std)
-        sizes = [(self.input_size, self.input_size)] * len(images)
-        return ImageList(torch.stack(images), sizes)
+        """
+        Batch the images (one copy to the device), resize to S x S when needed (aspect not kept, as the paper)
+        and subtract the mean, in the dtype of the network's first parameters (float32, or float16 after half()).
+        """
+        images = batch_images(batched_inputs, self.input_size, self.device)
+        images = (images.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        return ImageList(images, [(self.input_size, self.input_size)] * len(images))
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         images = self.preprocess_image(batched_inputs)
-        logits, deltas = self.predict(images.tensor)
         if self.training:
-            gt_instances = [self._scaled_instances(x) for x in batched_inputs]
-            return self.losses(logits, deltas, gt_instances)
+            gt = batch_ground_truth(batched_inputs, self.input_size, self.device)
+            logits, deltas = self.predict(images.tensor)
+            return self.losses(logits, deltas, gt)
+        logits, deltas = self.predict(images.tensor)
         results = self.inference(logits, deltas)
         processed = []
         for result, x in zip(results, batched_inputs):
             height = x.get("height", x["image"].shape[-2])
             width = x.get("width", x["image"].shape[-1])
-            # scales x and y separately: the S x S resize did not keep the aspect ratio
-            processed.append({"instances": detector_postprocess(result, height, width)})
+            processed.append({"instances": _rescale(result, height, width)})
         return processed
 
     # ------------------------------------------------------------------ training
-    def _scaled_instances(self, batched_input) -> Instances:
-        """Ground truth in the S x S frame: scaled when the image was resized in `preprocess_image`."""
-        if "instances" not in batched_input:
-            raise ValueError(f"Training input {batched_input.get('file_name', '')!r} has no 'instances'")
-        instances = batched_input["instances"].to(self.device)
-        h, w = batched_input["image"].shape[-2:]
-        boxes = instances.gt_boxes.clone()
-        if (h, w) != (self.input_size, self.input_size):
-            boxes.scale(self.input_size / w, self.input_size / h)
-        boxes.clip((self.input_size, self.input_size))
-        keep = boxes.nonempty()
-        dropped = int((~keep).sum())
-        if dropped:
-            log_every_n_seconds(
-                logging.WARNING, f"Dropped {dropped} degenerate ground-truth boxes (zero width or height)", n=30
-            )
-        result = Instances((self.input_size, self.input_size))
-        result.gt_boxes = boxes[keep]
-        result.gt_classes = instances.gt_classes[keep]
-        return result
+    def _ground_truth(self, gt: Union[GroundTruth, List[Instances]]) -> GroundTruth:
+        if isinstance(gt, GroundTruth):
+            return gt
+        return GroundTruth(*pad_ground_truth(gt))
 
-    def label_anchors(self, logits: Tensor, deltas: Tensor, gt_instances: List[Instances]):
+    def label_anchors(self, logits: Tensor, deltas: Tensor, gt: Union[GroundTruth, List[Instances]]):
         """
         Assign anchors to ground truth, with mutual guidance or the IoU baseline.
 
         Args:
             logits, deltas: [N, A, C] and [N, A, 4] predictions (detached inside).
-            gt_instances: N Instances in the S x S frame.
+            gt: the batch's ground truth in the S x S frame, padded (`inputs.batch_ground_truth`) or as N Instances.
         Returns:
             (gt_boxes [N, G, 4], AnchorLabels) where G is the largest number of boxes in an image.
         """
-        gt_boxes, gt_classes, valid = pad_ground_truth(gt_instances)
+        gt = self._ground_truth(gt)
         pred_boxes = None
         if self.mutual_guidance:
             pred_boxes = self.decode_boxes(deltas.detach()) / self.input_size
         # IoUs in the frame of the image side, as the authors' code measures them (same ties, same anchors chosen)
         labels = label_anchors(
             self.normalized_anchors,
-            gt_boxes / self.input_size,
-            gt_classes,
-            valid,
+            gt.boxes / self.input_size,
+            gt.classes,
+            gt.valid,
             pred_boxes=pred_boxes,
             pred_logits=logits.detach() if self.mutual_guidance else None,
             mutual_guidance=self.mutual_guidance,
             thresholds=self.iou_thresholds,
             num_classes=self.num_classes,
         )
-        return gt_boxes, labels
+        return gt.boxes, labels
 
-    def losses(self, logits: Tensor, deltas: Tensor, gt_instances: List[Instances]) -> Dict[str, Tensor]:
-        """Focal loss over positive and negative anchors, balanced L1 over regression positives."""
-        gt_boxes, labels = self.label_anchors(logits, deltas, gt_instances)
+    def losses(
+        self, logits: Tensor, deltas: Tensor, gt: Union[GroundTruth, List[Instances]]
+    ) -> Dict[str, Tensor]:
+        """Focal loss over positive and negative anchors, balanced L1 over regression positives (float32)."""
+        gt_boxes, labels = self.label_anchors(logits, deltas, gt)
         alpha, gamma, beta = self.balanced_l1
         losses = mutual_guide_losses(
             logits,
@@ -278,39 +300,73 @@ class MutualGuideDetector(DenseDetector):
         )
         try:
             storage = get_event_storage()
-            storage.put_scalar("num_cls_positives", float((labels.cls_labels >= 0).logical_and(
-                labels.cls_labels < self.num_classes).sum()) / len(gt_instances))
-            storage.put_scalar("num_reg_positives", float(labels.reg_mask.sum()) / len(gt_instances))
         except AssertionError:  # no EventStorage outside a trainer
-            pass
+            return losses
+        positive = (labels.cls_labels >= 0) & (labels.cls_labels < self.num_classes)
+        counts = torch.stack([positive.sum(), labels.reg_mask.sum()]) / len(logits)
+        put_scalars_in_background(storage, ("num_cls_positives", "num_reg_positives"), counts)
         return losses
 
     # ------------------------------------------------------------------ inference
     def inference(self, logits: Tensor, deltas: Tensor) -> List[Instances]:
         """
-        Sigmoid scores, keep (anchor, class) pairs above the score threshold, decode only those, clip to the
-        image, NMS per class (one batched call) and keep the best `max_detections_per_image`.
-        Returns Instances in the S x S frame.
+        Per image: the best `test_topk_candidates` (anchor, class) pairs of each level whose sigmoid score is above
+        the score threshold, decoded and clipped to the image, NMS per class, the best `max_detections_per_image`.
+        Batched over images (see `postprocessing.select_detections`). Returns Instances in the S x S frame.
         """
-        results = []
-        size = (self.input_size, self.input_size)
-        for logits_i, deltas_i in zip(logits, deltas):
-            scores = logits_i.sigmoid().flatten()
-            keep = scores > self.test_score_thresh
-            scores = scores[keep]
-            idx = keep.nonzero().squeeze(1)
-            anchor_idx = idx // self.num_classes
-            classes = idx % self.num_classes
-            boxes = Boxes(self.box2box_transform.apply_deltas(deltas_i[anchor_idx], self.anchors[anchor_idx]))
-            boxes.clip(size)
-            keep = batched_nms(boxes.tensor, scores, classes, self.test_nms_thresh)
-            keep = keep[: self.max_detections_per_image]
-            result = Instances(size)
-            result.pred_boxes = boxes[keep]
-            result.scores = scores[keep]
-            result.pred_classes = classes[keep]
-            results.append(result)
-        return results
+        return select_detections(
+            logits,
+            deltas,
+            self.anchors,
+            self.box2box_transform,
+            self.input_size,
+            self.num_anchors_per_level,
+            score_thresh=self.test_score_thresh,
+            nms_thresh=self.test_nms_thresh,
+            topk_candidates=self.test_topk_candidates,
+            max_detections=self.max_detections_per_image,
+        )
+
+
+def _rescale(result: Instances, height: int, width: int) -> Instances:
+    """
+    Detections of the S x S input in the original image's pixels, x and y scaled apart (the resize did not keep
+    the aspect ratio). detectron2's detector_postprocess does the same but also asserts that the boxes are
+    finite and drops empty ones, two host reads per image; here boxes are finite and non-empty already.
+    """
+    s_h, s_w = result.image_size
+    out = Instances((height, width))
+    boxes = result.pred_boxes.clone()
+    boxes.scale(width / s_w, height / s_h)
+    boxes.tensor[:, 0::2] = boxes.tensor[:, 0::2].clamp(0, width)
+    boxes.tensor[:, 1::2] = boxes.tensor[:, 1::2].clamp(0, height)
+    out.pred_boxes = boxes
+    out.scores = result.scores
+    out.pred_classes = result.pred_classes
+    return out
+
+
+_BACKGROUND_WRITER = None
+
+
+def put_scalars_in_background(storage, names: Sequence[str], values: Tensor) -> None:
+    """
+    Put the values of a device tensor into detectron2's EventStorage, under the current iteration, without
+    making the training step wait for them: `put_scalar` converts with float(), which on a GPU waits for every
+    queued kernel. A background thread does the reading, as detectron2's SimpleTrainer(async_write_metrics=True)
+    does for the losses; the step goes on launching kernels meanwhile.
+    """
+    global _BACKGROUND_WRITER
+    if _BACKGROUND_WRITER is None:
+        _BACKGROUND_WRITER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mg_metrics")
+    iteration = storage.iter
+    values = values.detach()
+
+    def put():
+        for name, value in zip(names, values.tolist()):
+            storage.put_scalar(name, value, cur_iter=iteration)
+
+    _BACKGROUND_WRITER.submit(put)
 
 
 def _rename_paper_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):

@@ -1,0 +1,88 @@
+"""Test-time selection of detections from dense predictions, batched over images."""
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from detectron2.layers import batched_nms
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes, Instances
+
+__all__ = ["select_detections"]
+
+
+def _top_candidates(logits: Tensor, num_anchors_per_level: Sequence[int], k: int) -> Tuple[Tensor, Tensor]:
+    """[N, K] logits and flat (anchor * C + class) indices of the `k` best (anchor, class) pairs of each level."""
+    n, _, c = logits.shape
+    values, indices = [], []
+    start = 0
+    for count in num_anchors_per_level:
+        level = logits[:, start : start + count].reshape(n, -1)
+        # top-k of the logits: the sigmoid keeps their order and is then taken of the K candidates only
+        top = level.topk(min(k, level.shape[1]), dim=1)
+        values.append(top.values)
+        indices.append(top.indices + start * c)
+        start += count
+    return torch.cat(values, dim=1), torch.cat(indices, dim=1)
+
+
+def select_detections(
+    logits: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    box2box_transform: Box2BoxTransform,
+    image_size: int,
+    num_anchors_per_level: Sequence[int],
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    topk_candidates: int,
+    max_detections: int,
+) -> List[Instances]:
+    """
+    The paper's test-time selection: sigmoid scores above `score_thresh` among the per-level top
+    `topk_candidates` (all when <= 0), decoded and clipped to the S x S image, per-class NMS at `nms_thresh`,
+    the best `max_detections` per image.
+
+    Batched: candidates, scores and boxes of all images come from one top-k per level and one decoding; the
+    host reads the batch twice (which candidates pass, how many per image), then runs one NMS call per image
+    (torchvision's batched NMS over classes). Boxes left empty by clipping are dropped before NMS: they overlap
+    nothing, so no other box changes, they only no longer take a place among the best `max_detections`.
+
+    Args:
+        logits, deltas: [N, A, C], [N, A, 4] network outputs (any float dtype; scores and boxes in float32).
+        anchors: [A, 4] XYXY pixels of the S x S input.
+    Returns:
+        N Instances (pred_boxes, scores, pred_classes) in the S x S frame.
+    """
+    n, _, num_classes = logits.shape
+    # every anchor's box, decoded in float32 and clipped (Boxes.clip would also assert finiteness: a host read)
+    boxes = box2box_transform.apply_deltas(deltas.float().reshape(-1, 4), anchors.float().repeat(n, 1))
+    boxes = boxes.clamp(min=0.0, max=float(image_size)).view(n, -1, 4)
+    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [N, A]
+    if topk_candidates > 0:
+        cand_logits, cand_index = _top_candidates(logits, num_anchors_per_level, topk_candidates)
+        cand_anchor = torch.div(cand_index, num_classes, rounding_mode="floor")
+        cand_scores = torch.sigmoid(cand_logits.float())
+        keep = (cand_scores > score_thresh) & nonempty.gather(1, cand_anchor)
+        image_idx, cand_idx = keep.nonzero(as_tuple=True)  # host read 1
+        anchor_idx = cand_anchor[image_idx, cand_idx]
+        classes = cand_index[image_idx, cand_idx] - anchor_idx * num_classes
+        scores = cand_scores[image_idx, cand_idx]
+    else:
+        dense_scores = torch.sigmoid(logits.float())
+        keep = (dense_scores > score_thresh) & nonempty.unsqueeze(-1)
+        image_idx, anchor_idx, classes = keep.nonzero(as_tuple=True)  # host read 1
+        scores = dense_scores[image_idx, anchor_idx, classes]
+    boxes = boxes[image_idx, anchor_idx]
+    counts = torch.bincount(image_idx, minlength=n).tolist()  # host read 2
+
+    results = []
+    for boxes_i, scores_i, classes_i in zip(boxes.split(counts), scores.split(counts), classes.split(counts)):
+        kept = batched_nms(boxes_i, scores_i, classes_i, nms_thresh)[:max_detections]
+        result = Instances((image_size, image_size))
+        result.pred_boxes = Boxes(boxes_i[kept])
+        result.scores = scores_i[kept]
+        result.pred_classes = classes_i[kept]
+        results.append(result)
+    return results
