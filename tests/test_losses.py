@@ -65,6 +65,27 @@ def test_focal_loss_equals_fvcore_on_dense_targets(alpha, gamma, ignore):
     assert (grad[keep.logical_not()] == 0).all()
 
 
+@pytest.mark.parametrize("ignore", ["anchor", "class"])
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 0.5])
+def test_focal_loss_closed_form_gradient_equals_finite_differences(gamma, ignore):
+    """The hand-written backward against torch.autograd.gradcheck's finite differences, in float64."""
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 6, 4, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    cls_labels = torch.tensor([[0, 4, -1, 3, 4, -1], [2, -1, 4, 4, 1, 0]])  # 4 = negative
+    ignored_class = torch.where(cls_labels == -1, torch.tensor([[0, 0, 2, 0, 0, 3], [0, 1, 0, 0, 0, 0]]), 4)
+    assert torch.autograd.gradcheck(
+        lambda x: sigmoid_focal_loss_sum(x, cls_labels, ignored_class, 0.3, gamma, ignore=ignore), (logits,)
+    )
+
+
+def test_focal_loss_keeps_the_logits_dtype_for_their_gradient():
+    logits = torch.randn(1, 5, 3).to(torch.bfloat16).requires_grad_()
+    loss = sigmoid_focal_loss_sum(logits, torch.tensor([[0, 3, -1, 2, 3]]), torch.full((1, 5), 3))
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+
 def test_balanced_l1_values():
     # b = e^3 - 1 = 19.0855; x >= beta: 1.5 x + 1.5 / b - 0.055; x < beta: 0.5 / b (b x + 1) ln(b x / 0.11 + 1) - 0.5 x
     x = torch.tensor([0.0, 0.05, 0.2, 1.0])

@@ -60,7 +60,8 @@ class _SigmoidFocalLossSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, cls_labels, ignored_class, alpha, gamma, ignore):
         num_classes = logits.shape[-1]
-        x = logits.float()  # no copy for float32 logits, which are never written to below
+        # float32 at least (float64 stays: gradcheck), no copy for float32 logits, which are never written to below
+        x = logits.to(torch.promote_types(logits.dtype, torch.float32))
         p = torch.sigmoid(x)
         grad = F.softplus(x)
         if gamma != 1.0:
@@ -216,6 +217,7 @@ def mutual_guide_losses(
         reg_mask = labels.reg_mask.unsqueeze(-1)
         matched = torch.where(reg_mask, matched, anchors)
         target_deltas = box2box_transform.get_deltas(anchors.repeat(n, 1), matched.view(-1, 4)).view(n, a, 4)
-        loss_box = balanced_l1_loss(deltas.float(), target_deltas, alpha=bl1_alpha, gamma=bl1_gamma, beta=bl1_beta)
+        deltas = deltas.to(torch.promote_types(deltas.dtype, torch.float32))
+        loss_box = balanced_l1_loss(deltas, target_deltas, alpha=bl1_alpha, gamma=bl1_gamma, beta=bl1_beta)
         loss_box = (loss_box * reg_mask).sum()
     return {"loss_cls": cls_weight * loss_cls / num_cls, "loss_box_reg": box_weight * loss_box / (4 * num_reg)}
