@@ -87,7 +87,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        loader = build_detection_test_loader(cfg, dataset_name, mapper=MutualGuideDatasetMapper(cfg, is_train=False))
+        loader = build_detection_test_loader(
+            cfg, dataset_name, mapper=MutualGuideDatasetMapper(cfg, is_train=False), batch_size=cfg.TEST.IMS_PER_BATCH
+        )
         check_num_classes(cfg, [dataset_name])
         return loader
 

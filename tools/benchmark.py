@@ -5,6 +5,7 @@ Speed and size of a Mutual Guidance detector on one device.
     .venv/bin/python tools/benchmark.py --config-file configs/mg_vgg16_fpn_voc.yaml [--device cpu] \
         [--batch-sizes 1 8] [--iters 10] [opts KEY VALUE ...]
     .venv/bin/python tools/benchmark.py --all --iters 2        # every backbone x neck at 320, a markdown table
+    .venv/bin/python tools/benchmark.py --config-file ... --device cuda --batch-sizes 1 32 --layouts
 
 Prints, for the fused network (RepVGG re-parameterised, BatchNorm folded, as deployed):
   - network latency and images per second at each batch size (random weights: speed does not depend on them);
@@ -12,12 +13,16 @@ Prints, for the fused network (RepVGG re-parameterised, BatchNorm folded, as dep
     decoding, NMS), with the head rescaled so that about 1% of the (anchor, class) pairs pass the threshold;
   - the anchor assignment of one training batch (SOLVER.IMS_PER_BATCH images, or --assign-batch), with mutual
     guidance and with the IoU baseline, on random predictions and synthetic ground truth (1 to 10 boxes each);
-  - parameters (train-time network) and FLOPs of one image (fvcore; one multiply-add counts as one FLOP).
+  - parameters (train-time network) and FLOPs of one image (fvcore; one multiply-add counts as one FLOP);
+  - with --layouts, the network in the NHWC and the NCHW layout, inference and training, to set
+    MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES for the device.
+On a GPU every time includes a torch.cuda.synchronize(); --device cuda stops with a message where there is none.
 """
 import argparse
 import copy
 import math
 import os
+import sys
 import time
 
 import torch
@@ -30,6 +35,7 @@ from detectron2.structures import Boxes, Instances
 import mutual_guide
 import mutual_guide.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
+from mutual_guide.engine import check_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONES = [("vgg16", "VGG16"), ("resnet18", "ResNet18"), ("repvgg", "RepVGG-A2"), ("shufflenet", "ShuffleNetV2")]
@@ -42,7 +48,10 @@ def setup_cfg(config_file, opts, device):
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
     cfg.MODEL.BACKBONE.PRETRAINED = ""
-    cfg.MODEL.DEVICE = device
+    try:
+        cfg.MODEL.DEVICE = check_device(device)
+    except ValueError as e:
+        sys.exit(f"benchmark.py: --device: {e}")
     return cfg
 
 
@@ -140,6 +149,32 @@ def measure(cfg, batch_sizes, iters: int, assign_batch: int, flops: bool = True)
     return result
 
 
+def measure_layouts(cfg, batch_size: int, iters: int):
+    """
+    Seconds per batch of the network in both memory layouts, NHWC (channels_last) and NCHW, on cfg's device:
+    fused inference (forward) and training (forward + backward). What MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES
+    should say for this device.
+    """
+    device, size = cfg.MODEL.DEVICE, cfg.INPUT.SIZE
+    x = torch.randn(batch_size, 3, size, size, device=device) * 50
+    result = {}
+    for layout in ("NHWC", "NCHW"):
+        cfg = cfg.clone()
+        cfg.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = [torch.device(device).type] if layout == "NHWC" else []
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+
+        def train_step():
+            logits, deltas = model.predict(x)
+            (logits.float().square().mean() + deltas.float().square().mean()).backward()
+
+        train = time_it(train_step, iters, device)
+        fused = model.fuse_for_inference()
+        with torch.no_grad():
+            result[layout] = (time_it(lambda: fused.predict(x), iters, device), train)
+    return result
+
+
 def print_one(cfg, r, assign_batch):
     print(f"{cfg.MODEL.BACKBONE.NAME} + {cfg.MODEL.NECK.NAME}, {cfg.INPUT.SIZE}x{cfg.INPUT.SIZE}, "
           f"{cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES} classes, {r['anchors']} anchors, device {cfg.MODEL.DEVICE}, "
@@ -152,23 +187,30 @@ def print_one(cfg, r, assign_batch):
           f"IoU baseline {r['assign_iou_ms']:.1f} ms")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "mg_vgg16_fpn_voc.yaml"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (times include a CUDA synchronize)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--assign-batch", type=int, default=0, help="images per assignment (default: "
                         "SOLVER.IMS_PER_BATCH)")
     parser.add_argument("--all", action="store_true", help="every backbone x neck at 320 (VOC configs), as a table")
     parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument("--layouts", action="store_true", help="also time the network in the NHWC and NCHW "
+                        "layouts (inference and training) at the largest batch size")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if not args.all:
         cfg = setup_cfg(args.config_file, args.opts, args.device)
         assign_batch = args.assign_batch or cfg.SOLVER.IMS_PER_BATCH
         print_one(cfg, measure(cfg, args.batch_sizes, args.iters, assign_batch, not args.no_flops), assign_batch)
+        if args.layouts:
+            big = max(args.batch_sizes)
+            for layout, (infer, train) in measure_layouts(cfg, big, args.iters).items():
+                print(f"  layout {layout}, batch {big}: inference {infer * 1e3:.1f} ms, training forward + backward "
+                      f"{train * 1e3:.1f} ms")
         return
 
     big = max(args.batch_sizes)

@@ -6,6 +6,8 @@ Export a trained Mutual Guidance detector to ONNX and/or TorchScript.
         --output exported/ --with-nms MODEL.WEIGHTS output/mg_vgg16_fpn_voc/model_final.pth
     # check the exported files against PyTorch on real images:
     ... --verify photo1.jpg photo2.jpg
+    # trace and verify on a GPU (the ONNX file is the same; the TorchScript file then expects CUDA inputs):
+    ... --device cuda --verify photo1.jpg
 
 The exported model takes a BGR batch already resized to INPUT.SIZE x INPUT.SIZE ([N, 3, S, S], uint8 by default)
 and returns "boxes" [N, A, 4] (XYXY, S x S pixels) and "scores" [N, A, C]; with --with-nms it returns
@@ -26,6 +28,7 @@ import mutual_guide
 import mutual_guide.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
 from mutual_guide.checkpoint import MutualGuideCheckpointer
+from mutual_guide.engine import check_device
 from mutual_guide.export import add_nms, export_onnx, export_torchscript, prepare_for_export
 
 DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
@@ -42,6 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--static-batch", action="store_true", help="ONNX: fix the batch to --batch-size")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--input-dtype", choices=sorted(DTYPES), default="uint8")
+    parser.add_argument("--device", default="cpu", help="device to trace on and to verify on (cpu, cuda, cuda:1); "
+                        "ONNX files do not depend on it, TorchScript files expect their inputs on it")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="export without MODEL.WEIGHTS (an untrained network: for testing the export only)")
     parser.add_argument("--verify", nargs="+", metavar="IMAGE", default=[],
@@ -68,7 +73,10 @@ def setup_cfg(args):
     mutual_guide.add_mutual_guide_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"  # exported graphs are device-independent; tracing on the CPU is enough
+    try:
+        cfg.MODEL.DEVICE = check_device(args.device)
+    except ValueError as e:
+        sys.exit(f"export_model.py: --device: {e}")
     cfg.MODEL.BACKBONE.PRETRAINED = ""  # MODEL.WEIGHTS holds the whole detector
     cfg.freeze()
     return cfg
@@ -107,13 +115,18 @@ def read_images(paths, size: int) -> torch.Tensor:
 
 
 def _run_exported(path: str, images: torch.Tensor, fmt: str):
+    """Outputs on the CPU; ONNX Runtime on the GPU when the images are there and its CUDA provider is installed."""
     if fmt == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return [torch.from_numpy(o) for o in session.run(None, {session.get_inputs()[0].name: images.numpy()})]
+        providers = ["CPUExecutionProvider"]
+        if images.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(path, providers=providers)
+        feed = {session.get_inputs()[0].name: images.cpu().numpy()}
+        return [torch.from_numpy(o) for o in session.run(None, feed)]
     with torch.no_grad():
-        return list(torch.jit.load(path)(images))
+        return [o.cpu() for o in torch.jit.load(path, map_location=images.device)(images)]
 
 
 def verify(model, files, images: torch.Tensor, with_nms: bool, static_batch: int = 0):
@@ -121,8 +134,9 @@ def verify(model, files, images: torch.Tensor, with_nms: bool, static_batch: int
     reference = prepare_for_export(model, fuse=False)
     if with_nms:
         reference = add_nms(reference, model)
+    images = images.to(model.device)
     with torch.no_grad():
-        expected = reference(images)
+        expected = [e.cpu() for e in reference(images)]
     for fmt, path, dtype in files:
         batches = [images]
         if static_batch:

@@ -15,6 +15,7 @@ from .drawing import PredictionDrawer
 __all__ = [
     "build_dataset_evaluator",
     "check_amp_supported",
+    "check_device",
     "check_num_classes",
     "convert_sync_batchnorm",
     "create_ddp_model_any_device",
@@ -47,6 +48,22 @@ def build_dataset_evaluator(cfg, dataset_name, output_folder=None):
         dataset_name, os.path.join(cfg.OUTPUT_DIR, "draw", dataset_name), cfg.TEST.DRAW_SCORE_THRESH
     )
     return DatasetEvaluators([evaluator, drawer])
+
+
+def check_device(device: str) -> str:
+    """`device` if this machine has it (cpu, cuda, cuda:N); ValueError saying what is missing otherwise."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"{device!r} is not a device name (cpu, cuda, cuda:1, ...)") from e
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device {device!r}: only cpu and cuda are supported")
+    return device
 
 
 def check_amp_supported(cfg):

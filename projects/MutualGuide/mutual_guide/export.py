@@ -16,7 +16,7 @@ calling torchvision's nms, the same kernel `MutualGuideDetector.inference` uses.
 import copy
 import os
 import warnings
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torchvision
@@ -69,22 +69,35 @@ class ExportableDetector(nn.Module):
 class DetectorWithNMS(nn.Module):
     """
     `network` (an ExportableDetector, or its traced version) followed by the selection of
-    `MutualGuideDetector.inference`: scores above `score_thresh`, greedy NMS per image and class at IoU
-    `nms_thresh`, the best `max_detections` per image. Outputs are named in `NMS_OUTPUT_NAMES`.
+    `MutualGuideDetector.inference`: among the best `topk_candidates` (anchor, class) pairs of each level
+    (`num_anchors_per_level` anchors each; all pairs when `topk_candidates` <= 0) with a non-empty box, scores
+    above `score_thresh`, greedy NMS per image and class at IoU `nms_thresh`, the best `max_detections` per
+    image. Outputs are named in `NMS_OUTPUT_NAMES`.
 
     Keeping at most `max_detections` per class before the global top-k changes nothing: a class's NMS picks
     boxes in score order, so its boxes beyond the first `max_detections` could never reach the top-k.
     """
 
-    def __init__(self, network: nn.Module, score_thresh: float, nms_thresh: float, max_detections: int):
+    def __init__(
+        self,
+        network: nn.Module,
+        score_thresh: float,
+        nms_thresh: float,
+        max_detections: int,
+        topk_candidates: int = 0,
+        num_anchors_per_level: Optional[List[int]] = None,
+    ):
         super().__init__()
         self.network = network
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
         self.max_detections = int(max_detections)
+        self.topk_candidates = int(topk_candidates)
+        self.num_anchors_per_level: List[int] = [int(k) for k in (num_anchors_per_level or [])]
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         boxes, scores = self.network(images)
+        scores = self.candidate_scores(boxes, scores)
         scores_per_class = scores.transpose(1, 2).contiguous()  # [N, C, A], the layout NonMaxSuppression wants
         args = (self.score_thresh, self.nms_thresh, self.max_detections)
         if torch.jit.is_scripting():
@@ -92,6 +105,24 @@ class DetectorWithNMS(nn.Module):
         else:
             selected = _select(boxes, scores_per_class, args[0], args[1], args[2])
         return top_detections(boxes, scores_per_class, selected, self.max_detections)
+
+    def candidate_scores(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        """
+        [N, A, C] scores with 0 for the pairs `MutualGuideDetector.inference` does not consider: outside the
+        best `topk_candidates` of their level (when > 0), or of an anchor whose clipped box is empty.
+        """
+        n, c = scores.shape[0], scores.shape[2]
+        if self.topk_candidates > 0 and len(self.num_anchors_per_level) > 0:
+            kept = []
+            start = 0
+            for count in self.num_anchors_per_level:
+                level = scores[:, start : start + count].reshape(n, count * c)
+                top = level.topk(min(self.topk_candidates, count * c), dim=1).indices
+                kept.append(torch.zeros_like(level).scatter(1, top, level.gather(1, top)))
+                start += count
+            scores = torch.cat(kept, dim=1).reshape(n, -1, c)
+        nonempty = (boxes[:, :, 2] > boxes[:, :, 0]) & (boxes[:, :, 3] > boxes[:, :, 1])
+        return scores * nonempty.unsqueeze(2).to(scores.dtype)
 
 
 def select_per_class(
@@ -180,10 +211,12 @@ def top_detections(
 # ---------------------------------------------------------------------- export
 def prepare_for_export(model: nn.Module, fuse: bool = True) -> ExportableDetector:
     """
-    A copy of `model` in eval mode, RepVGG blocks fused and BatchNorm folded (`fuse_for_inference`) unless
-    `fuse=False`, wrapped as an ExportableDetector. The caller's model is left untouched (fusing is irreversible).
+    A copy of `model` in eval mode on the model's device, RepVGG blocks fused and BatchNorm folded
+    (`fuse_for_inference`) unless `fuse=False`, wrapped as an ExportableDetector. The caller's model is left
+    untouched (fusing is irreversible). Exporting from a GPU gives the same ONNX graph; a TorchScript file traced
+    there expects its inputs on that GPU.
     """
-    model = copy.deepcopy(model).cpu().eval()
+    model = copy.deepcopy(model).eval()
     if fuse:
         model.fuse_for_inference()
     for p in model.parameters():
@@ -201,7 +234,14 @@ def add_nms(network: nn.Module, model: nn.Module) -> DetectorWithNMS:
     """`network` followed by the test-time selection configured in `model` (a MutualGuideDetector)."""
     # a Python int, so that top-k's k stays a constant in traced graphs
     max_detections = min(int(model.max_detections_per_image), int(model.num_classes) * len(model.anchors))
-    return DetectorWithNMS(network, model.test_score_thresh, model.test_nms_thresh, max_detections).eval()
+    return DetectorWithNMS(
+        network,
+        model.test_score_thresh,
+        model.test_nms_thresh,
+        max_detections,
+        model.test_topk_candidates,
+        model.num_anchors_per_level,
+    ).eval()
 
 
 def export_torchscript(
@@ -221,7 +261,7 @@ def export_torchscript(
     Load with `torch.jit.load(path)`; call with a BGR batch [N, 3, S, S] of `input_dtype`.
     """
     network = prepare_for_export(model, fuse=fuse)
-    example = example_images(network.input_size, batch_size, input_dtype)
+    example = example_images(network.input_size, batch_size, input_dtype).to(network.pixel_mean.device)
     with torch.no_grad():
         traced = torch.jit.trace(network, example, check_trace=False)
     module = torch.jit.script(add_nms(traced, model)) if with_nms else traced
@@ -253,7 +293,7 @@ def export_onnx(
         raise ValueError(f"ONNX NonMaxSuppression and the decoding need opset >= 11, got {opset}")
     network = prepare_for_export(model, fuse=fuse)
     module = add_nms(network, model) if with_nms else network
-    example = example_images(network.input_size, batch_size, input_dtype)
+    example = example_images(network.input_size, batch_size, input_dtype).to(network.pixel_mean.device)
     output_names = list(NMS_OUTPUT_NAMES if with_nms else OUTPUT_NAMES)
     dynamic_axes = None
     if dynamic_batch:
