@@ -4,10 +4,9 @@ A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 
 (6 anchors per location, per-level convs). What is new is in training: which anchors each task learns from is
 chosen by the other task's predictions (see `assignment.py`).
 """
-import concurrent.futures
 import logging
 import math
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +21,12 @@ from detectron2.utils.events import get_event_storage
 from .anchors import generate_anchors, generate_normalized_anchors, num_levels_for
 from .assignment import label_anchors, pad_ground_truth
 from .head import MutualGuideHead
+from .events import put_scalars_in_background
 from .inputs import GroundTruth, batch_ground_truth, batch_images
 from .losses import IGNORE_RULES, mutual_guide_losses
 from .neck import build_neck
 from .paper_checkpoint import convert_paper_state_dict
-from .postprocessing import select_detections
+from .postprocessing import rescale_detections, select_detections
 
 __all__ = ["MutualGuideDetector"]
 
@@ -239,7 +239,7 @@ class MutualGuideDetector(DenseDetector):
         for result, x in zip(results, batched_inputs):
             height = x.get("height", x["image"].shape[-2])
             width = x.get("width", x["image"].shape[-1])
-            processed.append({"instances": _rescale(result, height, width)})
+            processed.append({"instances": rescale_detections(result, height, width)})
         return processed
 
     # ------------------------------------------------------------------ training
@@ -326,47 +326,6 @@ class MutualGuideDetector(DenseDetector):
             topk_candidates=self.test_topk_candidates,
             max_detections=self.max_detections_per_image,
         )
-
-
-def _rescale(result: Instances, height: int, width: int) -> Instances:
-    """
-    Detections of the S x S input in the original image's pixels, x and y scaled apart (the resize did not keep
-    the aspect ratio). detectron2's detector_postprocess does the same but also asserts that the boxes are
-    finite and drops empty ones, two host reads per image; here boxes are finite and non-empty already.
-    """
-    s_h, s_w = result.image_size
-    out = Instances((height, width))
-    boxes = result.pred_boxes.clone()
-    boxes.scale(width / s_w, height / s_h)
-    boxes.tensor[:, 0::2] = boxes.tensor[:, 0::2].clamp(0, width)
-    boxes.tensor[:, 1::2] = boxes.tensor[:, 1::2].clamp(0, height)
-    out.pred_boxes = boxes
-    out.scores = result.scores
-    out.pred_classes = result.pred_classes
-    return out
-
-
-_BACKGROUND_WRITER = None
-
-
-def put_scalars_in_background(storage, names: Sequence[str], values: Tensor) -> None:
-    """
-    Put the values of a device tensor into detectron2's EventStorage, under the current iteration, without
-    making the training step wait for them: `put_scalar` converts with float(), which on a GPU waits for every
-    queued kernel. A background thread does the reading, as detectron2's SimpleTrainer(async_write_metrics=True)
-    does for the losses; the step goes on launching kernels meanwhile.
-    """
-    global _BACKGROUND_WRITER
-    if _BACKGROUND_WRITER is None:
-        _BACKGROUND_WRITER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mg_metrics")
-    iteration = storage.iter
-    values = values.detach()
-
-    def put():
-        for name, value in zip(names, values.tolist()):
-            storage.put_scalar(name, value, cur_iter=iteration)
-
-    _BACKGROUND_WRITER.submit(put)
 
 
 def _rename_paper_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):

@@ -8,7 +8,7 @@ from detectron2.layers import batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["select_detections"]
+__all__ = ["rescale_detections", "select_detections"]
 
 
 def _top_candidates(logits: Tensor, num_anchors_per_level: Sequence[int], k: int) -> Tuple[Tensor, Tensor]:
@@ -86,3 +86,21 @@ def select_detections(
         result.pred_classes = classes_i[kept]
         results.append(result)
     return results
+
+
+def rescale_detections(result: Instances, height: int, width: int) -> Instances:
+    """
+    Detections of the S x S input in the original image's pixels, x and y scaled apart (the resize did not keep
+    the aspect ratio). detectron2's detector_postprocess does the same but also asserts that the boxes are
+    finite and drops empty ones, two host reads per image; here boxes are finite and non-empty already.
+    """
+    s_h, s_w = result.image_size
+    out = Instances((height, width))
+    boxes = result.pred_boxes.clone()
+    boxes.scale(width / s_w, height / s_h)
+    boxes.tensor[:, 0::2] = boxes.tensor[:, 0::2].clamp(0, width)
+    boxes.tensor[:, 1::2] = boxes.tensor[:, 1::2].clamp(0, height)
+    out.pred_boxes = boxes
+    out.scores = result.scores
+    out.pred_classes = result.pred_classes
+    return out
