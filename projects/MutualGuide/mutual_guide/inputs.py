@@ -5,7 +5,6 @@ Everything that depends on the number of images is done on the host, where readi
 synchronisation: the images are stacked, the ground truth is scaled, clipped, checked and padded in one go, and
 each goes to the device in one non-blocking copy (from pinned memory when the device is a GPU).
 """
-import logging
 from typing import Dict, List, NamedTuple
 
 import torch
@@ -13,19 +12,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from detectron2.utils.logger import log_every_n_seconds
-
 __all__ = ["GroundTruth", "batch_ground_truth", "batch_images", "to_device"]
-
-logger = logging.getLogger(__name__)
 
 
 class GroundTruth(NamedTuple):
-    """Padded ground truth of a batch in the S x S frame: boxes [N, G, 4] XYXY, classes [N, G] long, valid [N, G]."""
+    """
+    Padded ground truth of a batch in the S x S frame: boxes [N, G, 4] XYXY, classes [N, G] long, valid [N, G]
+    bool, and the number of boxes dropped for having no width or height (they are padding now).
+    """
 
     boxes: Tensor
     classes: Tensor
     valid: Tensor
+    num_dropped: int = 0
 
 
 def to_device(tensor: Tensor, device: torch.device) -> Tensor:
@@ -42,7 +41,11 @@ def batch_images(batched_inputs: List[Dict], size: int, device: torch.device) ->
     """
     images = [x["image"] for x in batched_inputs]
     if all(im.shape[-2:] == (size, size) for im in images):
-        return to_device(torch.stack(images), device)
+        if device.type == "cuda" and images[0].device.type == "cpu":
+            # stacked straight into pinned memory: one host copy, then an asynchronous transfer
+            pinned = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=True)
+            return torch.stack(images, out=pinned).to(device, non_blocking=True)
+        return torch.stack(images).to(device)
     resized = []
     for image in images:
         image = image.to(device)
@@ -56,7 +59,7 @@ def batch_ground_truth(batched_inputs: List[Dict], size: int, device: torch.devi
     """
     Each input's "instances" (`gt_boxes` in the pixels of its "image", `gt_classes`) in the S x S frame the
     network sees: scaled when the image is resized to S x S, clipped to it, boxes left without width or height
-    dropped (counted in the log; they stay as padding, `valid` False), padded to the largest number of boxes.
+    dropped (counted in `num_dropped`; they stay as padding, `valid` False), padded to the largest number of boxes.
 
     Raises ValueError naming the input's file when it has no "instances" or a box is not finite.
     """
@@ -81,11 +84,6 @@ def batch_ground_truth(batched_inputs: List[Dict], size: int, device: torch.devi
     if not all_finite:
         bad = [batched_inputs[i].get("file_name", f"input {i}") for i in (~finite).any(-1).nonzero().flatten()]
         raise ValueError(f"Ground-truth boxes with infinite or NaN coordinates in {bad}")
-    if dropped:
-        log_every_n_seconds(
-            logging.WARNING, f"Dropped {int(dropped)} degenerate ground-truth boxes (zero width or height)", n=30,
-            name=__name__,
-        )
     packed[..., 5] = valid.float()
     packed = to_device(packed, device)
-    return GroundTruth(packed[..., :4], packed[..., 4].long(), packed[..., 5] > 0)
+    return GroundTruth(packed[..., :4], packed[..., 4].long(), packed[..., 5] > 0, int(dropped))

@@ -17,6 +17,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 
 from .anchors import generate_anchors, generate_normalized_anchors, num_levels_for
 from .assignment import label_anchors, pad_ground_truth
@@ -128,6 +129,7 @@ class MutualGuideDetector(DenseDetector):
         )
         # The authors' checkpoints name the head `loc`/`conf` at the top level; rename on load.
         self.register_load_state_dict_pre_hook(_rename_paper_keys)
+        self.num_dropped_boxes = 0  # ground-truth boxes without width or height, left out of training
         self.channels_last = channels_last
         if channels_last:
             # build_model's .to(device) keeps the layout, so DDP later sees the parameters as they will train
@@ -231,6 +233,14 @@ class MutualGuideDetector(DenseDetector):
         images = self.preprocess_image(batched_inputs)
         if self.training:
             gt = batch_ground_truth(batched_inputs, self.input_size, self.device)
+            if gt.num_dropped:
+                self.num_dropped_boxes += gt.num_dropped
+                log_every_n_seconds(
+                    logging.WARNING,
+                    f"Dropped {gt.num_dropped} degenerate ground-truth box(es) (zero width or height), "
+                    f"{self.num_dropped_boxes} since start",
+                    n=30,
+                )
             logits, deltas = self.predict(images.tensor)
             return self.losses(logits, deltas, gt)
         logits, deltas = self.predict(images.tensor)
