@@ -113,6 +113,15 @@ def test_top_n_ties_go_to_lower_anchor_index():
     assert labels.cls_labels.tolist() == [[0, 0, C]]
 
 
+def test_top_n_masks_break_ties_by_lower_index():
+    from mutual_guide.assignment import _top_n_masks
+
+    scores = torch.tensor([[[0.5, 0.7, 0.5, 0.5, 0.7, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0, 0.0]]])
+    two, three = _top_n_masks(scores, [torch.tensor([[2, 3]]), torch.tensor([[3, 0]])], k=3)
+    assert two.int().tolist() == [[[0, 1, 0, 0, 1, 0], [1, 1, 0, 1, 0, 0]]]  # zeros tie too: 0 and 1 after 3
+    assert three.int().tolist() == [[[1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]]]
+
+
 def test_column_max_suppression():
     # anchor 1 overlaps box 1 (0.917) slightly more than box 0 (0.909): it is kept only for box 1, so box 0
     # counts a single positive. Without suppression box 0 would count 3 and take every anchor.

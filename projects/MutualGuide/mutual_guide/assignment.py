@@ -101,20 +101,23 @@ def _top_n_masks(scores: Tensor, counts: List[Tensor], k: int) -> List[Tensor]:
     For each n of `counts` ([...] each, all at most k): the [..., A] bool mask of the n[...] highest scores of
     each row, among equal scores the lower anchor index first (torch.topk alone leaves ties unspecified).
 
-    One top-k serves every n. Without reading anything back to the host: the n-th value of each row bounds the
-    mask, and the values equal to it are kept in index order, as many as the row still needs.
+    `scores` must be float32 and >= 0 (IoUs and IoU powers). Their bit patterns, read as integers, are then in
+    the same order as the values; shifted left and completed with the reversed anchor index they become keys
+    that are all distinct and order the anchors exactly as wanted. One top-k of the keys serves every n, and the
+    n-th key of a row bounds its mask: no tie handling, nothing read back to the host.
     """
     if k == 0:
         return [torch.zeros_like(scores, dtype=torch.bool) for _ in counts]
-    top = scores.topk(k, dim=-1).values
+    num_anchors = scores.shape[-1]
+    shift = max(1, (num_anchors - 1).bit_length())
+    reversed_index = torch.arange(num_anchors - 1, -1, -1, device=scores.device)
+    keys = scores.contiguous().view(torch.int32).to(torch.int64)
+    keys.bitwise_left_shift_(shift).bitwise_or_(reversed_index)
+    top = keys.topk(k, dim=-1).values
     masks = []
     for n in counts:
         kth = top.gather(-1, (n - 1).clamp(min=0).unsqueeze(-1))
-        above = scores > kth
-        tie = scores == kth
-        need = n.unsqueeze(-1) - above.sum(-1, keepdim=True)
-        mask = above | (tie & (tie.cumsum(-1, dtype=torch.int32) <= need))
-        masks.append(mask & (n > 0).unsqueeze(-1))
+        masks.append((keys >= kth) & (n > 0).unsqueeze(-1))
     return masks
 
 
@@ -217,8 +220,8 @@ class MutualGuidanceMatcher:
             self._keep_column_maxima_(m.masked_fill(padding, 0.0), valid) for m in (anchor_iou, pred_iou, cls_quality)
         )
 
-        num_ignored = (anchor_iou >= self.low).sum(-1)  # [N, G]
-        num_positive = (anchor_iou >= self.high).sum(-1)  # <= num_ignored
+        num_ignored = torch.count_nonzero(anchor_iou >= self.low, dim=-1)  # [N, G]
+        num_positive = torch.count_nonzero(anchor_iou >= self.high, dim=-1)  # <= num_ignored
         k = int(num_ignored.max())  # the one host read of the assignment: top-k needs its k
 
         # localize to classify
