@@ -41,6 +41,26 @@ def dataset_opts(info, output_dir):
     ]
 
 
+def add_fields_the_voc_evaluator_reads(root):
+    """
+    detectron2's PascalVOCDetectionEvaluator reads <pose> and <truncated> of every object, which
+    make_synthetic_dataset(fmt="voc") does not write (real VOC files have them): add them, as in VOC files.
+    """
+    import glob
+    import xml.etree.ElementTree as ET
+
+    for path in glob.glob(os.path.join(root, "Annotations", "*.xml")):
+        tree = ET.parse(path)
+        changed = False
+        for obj in tree.findall("object"):
+            for tag, value in (("pose", "Unspecified"), ("truncated", "0")):
+                if obj.find(tag) is None:
+                    ET.SubElement(obj, tag).text = value
+                    changed = True
+        if changed:
+            tree.write(path)
+
+
 def candidates_per_level(cfg, weights, info):
     """Mean and largest number of (anchor, class) pairs above SCORE_THRESH_TEST per level and test image."""
     from detectron2.data import build_detection_test_loader
@@ -77,6 +97,7 @@ def main():
 
     info = make_synthetic_dataset(os.path.join(args.output_dir, "voc"), fmt="voc", num_train=args.num_train,
                                   num_test=args.num_test, image_size=128, seed=0, name="capvoc")
+    add_fields_the_voc_evaluator_reads(info["root"])
     opts = dataset_opts(info, args.output_dir) + list(args.opts)
     weights = args.weights
     if not weights:
