@@ -22,9 +22,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo_job.py --output-dir output/demo
 
+# `make bench SEED_REPO=/tmp/seed` also times the seed's own loss (a checkout of zhanghengdev/MutualGuide at fd2c4cc)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_assignment.py
-	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_train_step.py $(if $(SEED_REPO),--seed-repo $(SEED_REPO))
 	$(PY) benchmarks/bench_inference.py
 
 clean:

@@ -5,7 +5,7 @@ from itertools import product
 import pytest
 import torch
 
-from mutual_guide.anchors import generate_anchors, num_levels_for
+from mutual_guide.anchors import anchors_per_level, generate_anchors, num_levels_for
 
 R2 = math.sqrt(2.0)
 
@@ -97,3 +97,11 @@ def test_ties_between_anchors_break_as_in_the_authors_frame():
         torch.ones(1, 1, dtype=torch.bool), mutual_guidance=False, num_classes=1,
     )
     assert labels.reg_mask[0].nonzero().flatten().tolist() == [4162]
+
+
+@pytest.mark.parametrize("size,expected", [(320, [9600, 2400, 600, 150]), (512, [24576, 6144, 1536, 384, 96])])
+def test_anchors_per_level_split_the_anchor_list(size, expected):
+    # 6 anchors per cell of maps 40, 20, 10, 5 (320) and 64, 32, 16, 8, 4 (512)
+    levels = num_levels_for(size)
+    assert anchors_per_level(size, levels) == expected
+    assert sum(expected) == len(generate_anchors(size, 24.0, levels))

@@ -4,7 +4,9 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["generate_anchors", "generate_normalized_anchors", "num_levels_for"]
+__all__ = ["anchors_per_level", "generate_anchors", "generate_normalized_anchors", "num_levels_for"]
+
+ANCHORS_PER_LOCATION = 6
 
 
 def num_levels_for(size: int) -> int:
@@ -12,12 +14,22 @@ def num_levels_for(size: int) -> int:
     return 4 if size < 512 else 5
 
 
+def _map_side(size: int, level: int) -> int:
+    """Side of level k's map: ceil(S / 2**(3+k)), the authors' feature map sizes."""
+    return math.ceil(size / 2 ** (3 + level))
+
+
+def anchors_per_level(size: int, num_levels: int) -> list:
+    """Number of anchors on each level, in the order of `generate_anchors`."""
+    return [ANCHORS_PER_LOCATION * _map_side(size, k) ** 2 for k in range(num_levels)]
+
+
 def _anchors_cxcywh(size: int, base_size: float, num_levels: int) -> Tensor:
     """Normalised (cx, cy, w, h) [A, 4] in float64, clamped to [0, 1] as the authors' `PriorBox` does."""
     r = math.sqrt(2.0)
     boxes = []
     for k in range(num_levels):
-        f = math.ceil(size / 2 ** (3 + k))
+        f = _map_side(size, k)
         a = base_size * 2**k / size
         b = a * r  # computed as the authors do, so the values match theirs to the last bit in float64
         sides = torch.tensor(

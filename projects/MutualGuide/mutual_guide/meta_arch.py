@@ -5,7 +5,6 @@ A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 
 chosen by the other task's predictions (see `assignment.py`).
 """
 import logging
-import math
 from typing import Dict, List, Tuple, Union
 
 import torch
@@ -19,10 +18,10 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
-from .anchors import generate_anchors, generate_normalized_anchors, num_levels_for
+from .anchors import anchors_per_level, generate_anchors, generate_normalized_anchors, num_levels_for
 from .assignment import label_anchors, pad_ground_truth
-from .head import MutualGuideHead
 from .events import put_scalars_in_background
+from .head import MutualGuideHead
 from .inputs import GroundTruth, batch_ground_truth, batch_images
 from .losses import IGNORE_RULES, mutual_guide_losses
 from .neck import build_neck
@@ -118,7 +117,7 @@ class MutualGuideDetector(DenseDetector):
         self.vis_period = vis_period
         self.anchor_base_size = anchor_base_size
         num_levels = num_levels_for(input_size)
-        self.num_anchors_per_level = [6 * math.ceil(input_size / 2 ** (3 + k)) ** 2 for k in range(num_levels)]
+        self.num_anchors_per_level = anchors_per_level(input_size, num_levels)
         # Anchors depend only on the input size: computed once, saved with nothing. The normalised copy is the
         # assignment's (see `generate_normalized_anchors`), the pixel one everything else's.
         self.register_buffer("anchors", generate_anchors(input_size, anchor_base_size, num_levels), persistent=False)
