@@ -107,6 +107,45 @@ def test_ground_truth_is_prepared_on_the_host_without_indexing():
     assert gt.boxes.shape[0] == 8 and not gt.valid[1, 0]  # the degenerate box is padding now
 
 
+# ----------------------------------------------------------------------------- NHWC layout in training
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_shuffle_keeps_the_layout_and_equals_torchvisions(layout):
+    from torchvision.models.shufflenetv2 import channel_shuffle as torchvision_shuffle
+
+    from mutual_guide.backbone.shufflenet import channel_shuffle
+
+    x = torch.randn(2, 8, 3, 5).contiguous(memory_format=layout)
+    y = channel_shuffle(x, 2)
+    assert torch.equal(y, torchvision_shuffle(x, 2))
+    assert y.is_contiguous(memory_format=layout)
+
+
+def test_nhwc_training_gives_the_nchw_losses_and_gradients():
+    """In float64, where the two layouts' different summation orders leave no visible trace (in float32,
+    BatchNorm over 2 images amplifies them to about 1% in the first layer's gradient)."""
+    cfg = make_cfg("ShuffleNetV2", "FPN", SIZE, num_classes=3)
+    cfg.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = ["cpu"]
+    torch.manual_seed(0)
+    nhwc = build_model(cfg).train()
+    cfg.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = []
+    nchw = build_model(cfg).train()
+    nchw.load_state_dict(nhwc.state_dict())
+    assert nhwc.head.conf[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.head.conf[0].weight.is_contiguous() and not nhwc.head.conf[0].weight.is_contiguous()
+    batch = training_batch(2)
+    grads = []
+    for model in (nhwc.double(), nchw.double()):
+        losses = model(batch)
+        sum(losses.values()).backward()
+        grads.append((losses, {name: p.grad for name, p in model.named_parameters()}))
+    (losses_nhwc, grads_nhwc), (losses_nchw, grads_nchw) = grads
+    for key in losses_nchw:
+        assert float(losses_nhwc[key]) == pytest.approx(float(losses_nchw[key]), rel=1e-12), key
+    scale = max(float(g.abs().max()) for g in grads_nchw.values())
+    worst = max(float((grads_nhwc[k] - grads_nchw[k]).abs().max()) for k in grads_nchw)
+    assert worst <= 1e-9 * scale, (worst, scale)
+
+
 # ----------------------------------------------------------------------------- mixed precision
 def predictions_under_autocast(model, batch, device_type, dtype):
     images = model.preprocess_image(batch).tensor

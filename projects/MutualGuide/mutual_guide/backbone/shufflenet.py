@@ -1,6 +1,7 @@
 """ShuffleNetV2 1.0x without the stem max-pool: stage3 at stride 8, stage4 at stride 16."""
 from typing import Dict
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.shufflenetv2 import InvertedResidual
 
@@ -8,10 +9,36 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from . import TwoMapBackbone, check_input_shape
 
-__all__ = ["ShuffleNetV2Backbone"]
+__all__ = ["ShuffleNetV2Backbone", "channel_shuffle"]
 
 _REPEATS = (4, 8, 4)
 _CHANNELS = (24, 116, 232, 464)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """
+    torchvision's channel shuffle (channel j * groups + i of the output is channel i * (C / groups) + j of the
+    input), in the memory layout of `x`. torchvision's always returns an NCHW tensor; in a network that runs in
+    NHWC (MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES) every unit then converted back and forth, in the forward and
+    the backward pass.
+    """
+    n, c, h, w = x.shape
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+    return nhwc.permute(0, 3, 1, 2)
+
+
+class _InvertedResidual(InvertedResidual):
+    """torchvision's unit (same modules, same state dict keys) with the layout-keeping `channel_shuffle`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
 
 
 class ShuffleNetV2Backbone(TwoMapBackbone):
@@ -27,8 +54,8 @@ class ShuffleNetV2Backbone(TwoMapBackbone):
         )
         in_channels = _CHANNELS[0]
         for name, repeats, out_channels in zip(("stage2", "stage3", "stage4"), _REPEATS, _CHANNELS[1:]):
-            units = [InvertedResidual(in_channels, out_channels, 2)]
-            units += [InvertedResidual(out_channels, out_channels, 1) for _ in range(repeats - 1)]
+            units = [_InvertedResidual(in_channels, out_channels, 2)]
+            units += [_InvertedResidual(out_channels, out_channels, 1) for _ in range(repeats - 1)]
             setattr(self, name, nn.Sequential(*units))
             in_channels = out_channels
 
