@@ -2,15 +2,17 @@
 """
 Test-time detection (normalised image -> final boxes), ours against the paper's style, side by side.
 
-ours:  BatchNorm folded and RepVGG fused (`fuse_for_inference`), `MutualGuideDetector.inference`: threshold the
-       scores first, decode only those candidates, one batched NMS call over all classes.
-paper: the unfused network, every anchor decoded, then a loop over classes, each with a numpy greedy NMS (the
-       authors' `utils/box/nms.py` style: argsort, then suppress against the best remaining box).
+ours:  BatchNorm folded and RepVGG fused (`fuse_for_inference`), in the NHWC layout on the CPU
+       (MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES), `MutualGuideDetector.inference`: the best TEST.TOPK_CANDIDATES
+       pairs of each level, those above the score threshold, one batched NMS call over all classes.
+paper: the unfused network in NCHW, every anchor decoded, then a loop over classes, each with a numpy greedy NMS
+       (the authors' `utils/box/nms.py` style: argsort, then suppress against the best remaining box).
 
 onnx:  ours exported with NMS in the graph (`export_onnx(..., with_nms=True)`), run by onnxruntime on the CPU:
        the deployment path; its time covers uint8 image -> detections in one call.
 
-All run on the same random-weight model and the same images, one image at a time (the paper's test loop).
+All run on the same random-weight model and the same images, one image at a time (the paper's test loop), and
+ours also in batches of TEST.IMS_PER_BATCH as our evaluation runs; the sides take turns, --repeats passes each.
 Untrained heads score every anchor alike, so the head is rescaled to spread the logits such that about
 --candidate-fraction of the (anchor, class) pairs pass SCORE_THRESH_TEST, as a trained detector's do.
 Prints per-image times of the network and of the post-processing, and the ratio paper / ours.
@@ -18,7 +20,6 @@ Prints per-image times of the network and of the post-processing, and the ratio 
     .venv/bin/python benchmarks/bench_inference.py [--config-file configs/mg_vgg16_fpn_coco.yaml] [--images 8]
 """
 import argparse
-import copy
 import math
 import os
 import tempfile
@@ -88,29 +89,24 @@ def spread_head(model, images: torch.Tensor, fraction: float):
         conv.weight.mul_(0.5 / deltas.std())
 
 
-def onnx_time(model, images):
-    """Seconds per image of the exported graph with NMS under onnxruntime, or (None, None) without it."""
+def onnx_session(model, folder):
+    """The model exported with NMS in the graph, in an onnxruntime CPU session, or None without onnxruntime."""
     try:
         import onnxruntime as ort
     except ImportError:
-        return None, None
+        return None
     from mutual_guide.export import export_onnx
 
-    uint8 = (images + model.pixel_mean.view(1, 1, 3, 1, 1)).round().clamp(0, 255).to(torch.uint8).numpy()
-    with tempfile.TemporaryDirectory() as folder:
-        path = export_onnx(model, os.path.join(folder, "model.onnx"), with_nms=True)
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    session.run(None, {"images": uint8[0]})  # warm-up
-    start = time.perf_counter()
-    for x in uint8:
-        session.run(None, {"images": x})
-    return None, (time.perf_counter() - start) / len(uint8)
+    path = export_onnx(model, os.path.join(folder, "model.onnx"), with_nms=True)
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "mg_vgg16_fpn_coco.yaml"))
-    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the images per side, taken in turn; "
+                        "each side keeps its best pass")
     parser.add_argument("--candidate-fraction", type=float, default=0.01,
                         help="share of (anchor, class) pairs above SCORE_THRESH_TEST")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
@@ -123,48 +119,86 @@ def main():
     cfg.MODEL.BACKBONE.PRETRAINED = ""
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)
-    paper = build_model(cfg).eval()
+    paper_cfg = cfg.clone()
+    paper_cfg.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = []  # the paper's NCHW layout
+    paper = build_model(paper_cfg).eval()
     size = cfg.INPUT.SIZE
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 1, 3, size, size), generator=g).float()
     images = images - paper.pixel_mean.view(1, 1, 3, 1, 1)
     spread_head(paper, images[0], args.candidate_fraction)
-    ours = copy.deepcopy(paper).fuse_for_inference()
+    ours = build_model(cfg).eval()  # NHWC where CHANNELS_LAST_DEVICES says so (the CPU)
+    ours.load_state_dict(paper.state_dict())
+    ours.fuse_for_inference()
 
-    def run(model, post):
+    def per_image(model, post):
+        """Seconds of the network and of the post-processing, per image, one image at a time."""
+        def run():
+            network = postprocess = 0.0
+            for x in images:
+                t0 = time.perf_counter()
+                logits, deltas = model.predict(x)
+                t1 = time.perf_counter()
+                post(model, logits, deltas)
+                network, postprocess = network + t1 - t0, postprocess + time.perf_counter() - t1
+            return network / len(images), postprocess / len(images)
+        return run
+
+    def batched():
+        """Ours as evaluation runs it: TEST.IMS_PER_BATCH images per call."""
         network = postprocess = 0.0
-        for x in images:
+        for batch in images.squeeze(1).split(cfg.TEST.IMS_PER_BATCH):
             t0 = time.perf_counter()
-            logits, deltas = model.predict(x)
+            logits, deltas = ours.predict(batch)
             t1 = time.perf_counter()
-            post(model, logits, deltas)
-            t2 = time.perf_counter()
-            network, postprocess = network + t1 - t0, postprocess + t2 - t1
+            ours.inference(logits, deltas)
+            network, postprocess = network + t1 - t0, postprocess + time.perf_counter() - t1
         return network / len(images), postprocess / len(images)
 
-    with torch.no_grad():
+    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         logits, deltas = ours.predict(images[0])
         candidates = int((logits.sigmoid() > ours.test_score_thresh).sum())
         counts = (len(ours.inference(logits, deltas)[0]), len(paper_postprocess(paper, logits, deltas)))
-        run(ours, lambda m, l, d: m.inference(l, d))  # warm-up
-        run(paper, paper_postprocess)
-        times = {"ours": run(ours, lambda m, l, d: m.inference(l, d)), "paper": run(paper, paper_postprocess)}
-    times["onnx"] = onnx_time(paper, images)
+        sides = {
+            "ours": per_image(ours, lambda m, lo, de: m.inference(lo, de)),
+            "paper": per_image(paper, paper_postprocess),
+            f"ours x{min(cfg.TEST.IMS_PER_BATCH, args.images)}": batched,
+        }
+        session = onnx_session(paper, folder)
+        if session is not None:
+            uint8 = (images + paper.pixel_mean.view(1, 1, 3, 1, 1)).round().clamp(0, 255).to(torch.uint8).numpy()
+
+            def onnx():
+                start = time.perf_counter()
+                for x in uint8:
+                    session.run(None, {"images": x})
+                return None, (time.perf_counter() - start) / len(uint8)
+
+            sides["onnx"] = onnx
+        # every side in turn, --repeats times after a warm-up; each keeps its best pass
+        results = {name: [] for name in sides}
+        for _ in range(args.repeats + 1):
+            for name, fn in sides.items():
+                results[name].append(fn())
+        times = {name: min(r[1:], key=lambda t: (t[0] or 0) + t[1]) for name, r in results.items()}
 
     print(f"{os.path.basename(args.config_file)}: {size}x{size}, {paper.num_classes} classes, "
           f"{len(paper.anchors)} anchors, {candidates} candidates above {paper.test_score_thresh} in image 0, "
           f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, {torch.get_num_threads()} "
           f"threads")
-    print(f"{'':8} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
+    print(f"{'per image':9} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
     for name, (network, post) in times.items():
         if network is None:
-            print(f"{name:8} {'':>11} {'':>16} {post * 1e3:9.1f}   (one graph: network and post-processing)")
+            print(f"{name:9} {'':>11} {'':>16} {post * 1e3:9.1f}   (one graph: network and post-processing)")
         else:
-            print(f"{name:8} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
+            print(f"{name:9} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
     (on, op), (pn, pp) = times["ours"], times["paper"]
     print(f"speed-up paper / ours (PyTorch): total {(pn + pp) / (on + op):.2f}x, network {pn / on:.2f}x, "
           f"post-processing {pp / op:.2f}x")
-    if times["onnx"][1] is not None:
+    bn, bp = times[f"ours x{min(cfg.TEST.IMS_PER_BATCH, args.images)}"]
+    print(f"speed-up paper / ours in evaluation batches of {min(cfg.TEST.IMS_PER_BATCH, args.images)} (the paper's "
+          f"test loop takes one image at a time): total {(pn + pp) / (bn + bp):.2f}x")
+    if "onnx" in times:
         print(f"speed-up paper / ours (ONNX Runtime): total {(pn + pp) / times['onnx'][1]:.2f}x")
 
 
