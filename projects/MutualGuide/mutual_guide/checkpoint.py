@@ -1,6 +1,7 @@
 """A DetectionCheckpointer that refuses checkpoints which do not fit the configured network."""
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .atomic_io import AtomicWritePathManager
 from .paper_checkpoint import convert_paper_state_dict
 
 __all__ = ["CheckpointMismatchError", "MutualGuideCheckpointer"]
@@ -17,7 +18,14 @@ class MutualGuideCheckpointer(DetectionCheckpointer):
     detectron2's checkpointer skips tensors whose shapes differ and only logs a warning, which silently leaves
     a head untrained when, say, NUM_CLASSES is wrong. MODEL.WEIGHTS here is always a whole detector, so any
     shape mismatch, missing or unexpected tensor is an error naming the file and the keys.
+
+    Checkpoints and `last_checkpoint` are written atomically (atomic_io.py): a save interrupted by a kill
+    never leaves a truncated file under a checkpoint's name.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_manager = AtomicWritePathManager(self.path_manager)
 
     def load(self, path, *args, **kwargs):
         self._loading_path = path
