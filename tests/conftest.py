@@ -84,12 +84,13 @@ def voc_object():
 def train_args():
     """
     train_net arguments for a small CPU run on a synthetic dataset (make_synthetic_dataset's `info`):
-    train_args(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False). ResNet18-FPN at
-    128, batch 2, no augmentation, no workers, no evaluation during training.
+    train_args(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False, as_argv=False) (the
+    command line itself with as_argv). ResNet18-FPN at 128, batch 2, no augmentation, no workers, no
+    evaluation during training.
     """
     import train_net
 
-    def build(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False):
+    def build(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False, as_argv=False):
         name = info["custom_specs"][0].split(":")[0][: -len("_train")]
         argv = ["--config-file", os.path.join(ROOT, "configs", "demo_shapes.yaml")]
         argv += (["--eval-only"] if eval_only else []) + (["--resume"] if resume else [])
@@ -102,6 +103,7 @@ def train_args():
             "SOLVER.BASE_LR", "0.02", "MODEL.BACKBONE.NAME", "ResNet18", "MODEL.NECK.NAME", "FPN",
             "TEST.EVAL_PERIOD", "0",
         ]
-        return train_net.argument_parser().parse_args(argv + [str(o) for o in opts])
+        argv += [str(o) for o in opts]
+        return argv if as_argv else train_net.argument_parser().parse_args(argv)
 
     return build
