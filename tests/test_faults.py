@@ -222,6 +222,7 @@ def save_then_die(obj, f, *args, **kwargs):
     return save(obj, f, *args, **kwargs)
 
 torch.save = save_then_die
+torch.set_num_threads(int(os.environ["NUM_THREADS"]))  # the parent's: float sums in the same order
 train_net.main(train_net.argument_parser().parse_args(sys.argv[1:]))
 """
 
@@ -241,7 +242,8 @@ def test_run_killed_during_a_checkpoint_save_resumes_to_the_same_weights(tmp_pat
 
     script = tmp_path / "killed.py"
     script.write_text(_KILLED_DURING_SAVE)
-    env = dict(os.environ, KILL_DURING_SAVE_OF="model_0000003.pth", PYTHONPATH=ROOT)
+    env = dict(os.environ, KILL_DURING_SAVE_OF="model_0000003.pth", PYTHONPATH=ROOT,
+               NUM_THREADS=str(torch.get_num_threads()))
     child = subprocess.run([sys.executable, str(script), *train_args(info, cut, *opts, as_argv=True)], env=env,
                            capture_output=True, text=True, timeout=600)
     assert child.returncode == -9, child.stderr[-2000:]
