@@ -273,3 +273,30 @@ def test_box_convention_is_validated():
     with pytest.raises(ValueError, match=r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'seed'\), got 'coco'"):
         to_box_convention([], "coco", "pascal_voc")
     assert torch.equal(evaluation_boxes(torch.tensor([[1.0, 2, 3, 4]]), "seed"), torch.tensor([[1.0, 2, 4, 5]]))
+
+
+def test_voc_reader_gives_load_voc_instances_records_on_real_voc(voc_mini_root):
+    from detectron2.data.datasets.pascal_voc import CLASS_NAMES, load_voc_instances
+
+    ours, problems = read_voc_dataset(voc_mini_root, "trainval", CLASS_NAMES)
+    assert problems == []
+    theirs = load_voc_instances(voc_mini_root, "trainval", CLASS_NAMES)
+    for a in ours:
+        assert [ann.pop("difficult") for ann in a["annotations"]] == [0] * len(a["annotations"])
+    assert ours == theirs
+
+
+def test_image_size_follows_exif_rotation(tmp_path):
+    from PIL import Image
+
+    from mutual_guide.data.image_header import read_image_size
+
+    exif = Image.Exif()
+    exif[274] = 6  # rotated 90 degrees: detectron2's read_image returns it 40 wide, 30 high
+    Image.new("RGB", (30, 40)).save(tmp_path / "rotated.jpg", exif=exif)
+    Image.new("RGB", (30, 40)).save(tmp_path / "plain.jpg")
+    assert read_image_size(str(tmp_path / "rotated.jpg")) == (40, 30)
+    assert read_image_size(str(tmp_path / "plain.jpg")) == (30, 40)
+    from detectron2.data.detection_utils import read_image
+
+    assert read_image(str(tmp_path / "rotated.jpg")).shape[:2] == (30, 40)

@@ -121,43 +121,46 @@ def _read_one(dirname, image_id, images, class_ids, class_names):
 
     annotations = []
     for k, obj in enumerate(root.findall("object")):
-        name = (obj.findtext("name") or "").strip()
-        what = f"object {k} ({name!r})"
-        if not name:
-            problem(xml_file, f"object {k} has no <name>")
-            continue
-        if name not in class_ids:
-            problem(xml_file, f"{what}: class {name!r} is not in classes= ({', '.join(class_names)})")
-            continue
-        difficult = _number(obj.findtext("difficult"), default=0)
-        if difficult not in (0, 1):
-            problem(xml_file, f"{what}: <difficult> is {obj.findtext('difficult')!r}, expected 0 or 1")
-            continue
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            problem(xml_file, f"{what} has no <bndbox>")
-            continue
-        values = [_number(bndbox.findtext(key)) for key in _COORDINATES]
-        bad = [key for key, v in zip(_COORDINATES, values) if v is None]
-        if bad:
-            texts = ", ".join(f"<{key}> {bndbox.findtext(key)!r}" for key in bad)
-            problem(xml_file, f"{what}: {texts} (missing or not a number)")
-            continue
-        xmin, ymin, xmax, ymax = values
-        if xmin > xmax or ymin > ymax:
-            axis = ("xmin", xmin, "xmax", xmax) if xmin > xmax else ("ymin", ymin, "ymax", ymax)
-            problem(xml_file, f"{what}: box reversed: {axis[0]} {axis[1]:g} > {axis[2]} {axis[3]:g}")
-            continue
-        box = [xmin - 1.0, ymin - 1.0, xmax, ymax]  # detectron2's convention (load_voc_instances)
-        if width is not None and height is not None:
-            found = box_problem(box, width, height)
-            if found:
-                problem(xml_file, f"{what}: {found[0]}", error=found[1])
-        annotations.append(
-            {"category_id": class_ids[name], "bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "difficult": int(difficult)}
-        )
+        annotation, message, is_error = _read_object(k, obj, class_ids, class_names, width, height)
+        if message:
+            problem(xml_file, message, error=is_error)
+        if annotation is not None:
+            annotations.append(annotation)
     record["annotations"] = annotations
     return record, problems
+
+
+def _read_object(k, obj, class_ids, class_names, width, height):
+    """(annotation or None, problem message or None, whether the problem is an error) of the k-th <object>."""
+    name = (obj.findtext("name") or "").strip()
+    what = f"object {k} ({name!r})"
+    if not name:
+        return None, f"object {k} has no <name>", True
+    if name not in class_ids:
+        return None, f"{what}: class {name!r} is not in classes= ({', '.join(class_names)})", True
+    difficult = _number(obj.findtext("difficult"), default=0)
+    if difficult not in (0, 1):
+        return None, f"{what}: <difficult> is {obj.findtext('difficult')!r}, expected 0 or 1", True
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        return None, f"{what} has no <bndbox>", True
+    values = [_number(bndbox.findtext(key)) for key in _COORDINATES]
+    bad = [key for key, v in zip(_COORDINATES, values) if v is None]
+    if bad:
+        texts = ", ".join(f"<{key}> {bndbox.findtext(key)!r}" for key in bad)
+        return None, f"{what}: {texts} (missing or not a number)", True
+    xmin, ymin, xmax, ymax = values
+    if xmin > xmax or ymin > ymax:
+        low, high = ("xmin", "xmax") if xmin > xmax else ("ymin", "ymax")
+        lo, hi = (xmin, xmax) if xmin > xmax else (ymin, ymax)
+        return None, f"{what}: box reversed: {low} {lo:g} > {high} {hi:g}", True
+    box = [xmin - 1.0, ymin - 1.0, xmax, ymax]  # detectron2's convention (load_voc_instances)
+    annotation = {"category_id": class_ids[name], "bbox": box, "bbox_mode": BoxMode.XYXY_ABS,
+                  "difficult": int(difficult)}
+    found = box_problem(box, width, height) if width is not None and height is not None else None
+    if found:
+        return (None if found[1] else annotation), f"{what}: {found[0]}", found[1]
+    return annotation, None, False
 
 
 def _number(text, default=None):
