@@ -16,7 +16,6 @@ import train_net
 from conftest import ROOT
 from detectron2.engine import default_argument_parser
 from mutual_guide.data import make_synthetic_dataset
-from mutual_guide.data.check import check_dataset
 from mutual_guide.data.coco_reader import read_coco_dataset
 from mutual_guide.data.loading import training_dataset_dicts
 from mutual_guide.data.problems import DatasetError

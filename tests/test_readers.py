@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 

