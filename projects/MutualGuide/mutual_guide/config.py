@@ -50,7 +50,8 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.LOSS_BOX_REG_WEIGHT = 1.0
     _C.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST = 0.005  # per-class score kept before NMS
     _C.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST = 0.5  # per-class NMS IoU
-    # Fold BatchNorm into the preceding convolutions when the model is put in eval mode (outputs unchanged).
+    # Fold BatchNorm into the convolutions (and fuse RepVGG branches) before `train_net.py --eval-only` and in
+    # MutualGuidePredictor (demo.py): same outputs, faster. Evaluation during training keeps the training model.
     _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True
     # Multi-process training: synchronise BatchNorm statistics across processes (GPUs only).
     _C.MODEL.MUTUAL_GUIDE.SYNC_BN = False
