@@ -55,6 +55,9 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True
     # Multi-process training: synchronise BatchNorm statistics across processes (GPUs only).
     _C.MODEL.MUTUAL_GUIDE.SYNC_BN = False
+    # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
+    # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
+    _C.MODEL.MUTUAL_GUIDE.FINETUNE = False
     _C.TEST.DETECTIONS_PER_IMAGE = 300
 
     # ---------------------------------------------------------------- input and augmentation
@@ -89,4 +92,6 @@ def add_mutual_guide_config(cfg):
     # ---------------------------------------------------------------- evaluation and drawing
     _C.TEST.DRAW = False  # draw predictions of an evaluation run into OUTPUT_DIR/draw/<dataset>/
     _C.TEST.DRAW_SCORE_THRESH = 0.3  # predictions drawn from this score
+    # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
+    _C.TEST.BEST_METRIC = "bbox/AP50"
     return cfg
