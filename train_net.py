@@ -24,6 +24,7 @@ from detectron2.engine import (
     TrainerBase,
     default_argument_parser,
     default_setup,
+    hooks,
     launch,
 )
 from detectron2.evaluation import verify_results
@@ -36,6 +37,7 @@ from mutual_guide.checkpoint import MutualGuideCheckpointer
 from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine import (
+    BestModelCheckpointer,
     build_dataset_evaluator,
     check_amp_supported,
     check_num_classes,
@@ -69,7 +71,9 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model_any_device(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = MutualGuideCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = MutualGuideCheckpointer(
+            model, cfg.OUTPUT_DIR, finetune=cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -87,10 +91,22 @@ class Trainer(DefaultTrainer):
         """
         if (resume and self.checkpointer.has_checkpoint()) or self.cfg.MODEL.WEIGHTS:
             return super().resume_or_load(resume=resume)
+        if self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE:
+            raise ValueError("MODEL.MUTUAL_GUIDE.FINETUNE True needs MODEL.WEIGHTS: the detector to fine-tune from")
         if self.cfg.MODEL.BACKBONE.PRETRAINED:
             model = self.model.module if hasattr(self.model, "module") else self.model
             load_imagenet_backbone(model.backbone, self.cfg)
         self.start_iter = 0
+
+    def build_hooks(self):
+        """detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation."""
+        ret = super().build_hooks()
+        if self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST) and comm.is_main_process():
+            # right after the evaluation that stores the metric
+            after_eval = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+            best = BestModelCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.TEST.BEST_METRIC)
+            ret.insert(after_eval, best)
+        return ret
 
     def build_writers(self):
         """detectron2's default writers, with metrics.json written atomically (atomic_io.AtomicJSONWriter)."""

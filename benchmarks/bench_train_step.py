@@ -56,10 +56,8 @@ def paper_style_losses(model, oracle, logits, deltas, gt_instances):
     one_hot = torch.zeros(*cls_labels.shape, model.num_classes + 1)  # background as an extra column
     one_hot.scatter_(2, cls_labels.masked_fill(cls_labels < 0, model.num_classes).unsqueeze(-1), 1.0)
     targets = one_hot[..., :-1]
-    weight = torch.ones_like(targets)
-    ignored = cls_labels == -1
-    weight[ignored] = 1.0 - F.one_hot(labels["ignored_class"][ignored].clamp(max=model.num_classes - 1),
-                                      model.num_classes).float()
+    # the seed's rule (IGNORE "anchor"): an ignored anchor has no classification term at all
+    weight = (cls_labels != -1).unsqueeze(-1).float()
     p = logits.sigmoid()
     focal = targets * 0.25 * (1 - p) * -F.logsigmoid(logits) + (1 - targets) * 0.75 * p * -F.logsigmoid(-logits)
     num_pos = max(1, int(((cls_labels >= 0) & (cls_labels < model.num_classes)).sum()))

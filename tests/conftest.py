@@ -86,7 +86,7 @@ def train_args():
     train_net arguments for a small CPU run on a synthetic dataset (make_synthetic_dataset's `info`):
     train_args(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False, as_argv=False) (the
     command line itself with as_argv). ResNet18-FPN at 128, batch 2, no augmentation, no workers, no
-    evaluation during training.
+    evaluation during training; `opts` come last and override any of these.
     """
     import train_net
 
@@ -107,3 +107,36 @@ def train_args():
         return argv if as_argv else train_net.argument_parser().parse_args(argv)
 
     return build
+
+
+@pytest.fixture
+def logged():
+    """
+    logged(name) -> a list that receives the messages logged by logger `name` and its children for the rest of
+    the test. pytest's caplog listens at the root logger, which detectron2's setup_logger cuts off (propagate
+    False on "detectron2" and, through train_net.setup, on "mutual_guide") once any test has run train_net.
+    """
+    import logging
+
+    attached = []
+
+    class _Collect(logging.Handler):
+        def __init__(self, sink):
+            super().__init__(logging.DEBUG)
+            self.sink = sink
+
+        def emit(self, record):
+            self.sink.append(record.getMessage())
+
+    def listen(name):
+        messages = []
+        logger, handler = logging.getLogger(name), _Collect(messages)
+        attached.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        return messages
+
+    yield listen
+    for logger, handler, level in attached:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

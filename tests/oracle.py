@@ -7,7 +7,8 @@ Conventions (the same as the vectorised code):
 - ties between anchors of one box (best anchor, top-n) go to the lower anchor index;
 - ties between boxes at one anchor go to the lower box index, except that in the IoU baseline a box forcing its
   best anchor overwrites earlier boxes (the authors' loop);
-- an ignored anchor leaves out only the score of the class it is ignored for.
+- an ignored anchor leaves out all its class scores (ignore "anchor", the seed at fd2c4cc) or only the score of
+  the class it is ignored for (ignore "class", the authors' later code).
 """
 import math
 from typing import Dict, List, Optional, Sequence
@@ -195,6 +196,7 @@ def oracle_losses(
     bl1_alpha=0.5,
     bl1_gamma=1.5,
     bl1_beta=0.11,
+    ignore="anchor",
 ) -> Dict[str, Tensor]:
     """Losses from `oracle_label_anchors` output, image by image, anchor by anchor for the positives."""
     num_classes = logits.shape[-1]
@@ -207,7 +209,10 @@ def oracle_losses(
             positive = labels["cls_labels"][i] == c
             targets[positive, c] = 1.0
             num_cls_pos += int(positive.sum())
-            keep[(labels["cls_labels"][i] == -1) & (labels["ignored_class"][i] == c), c] = False
+            ignored = labels["cls_labels"][i] == -1
+            if ignore == "class":
+                ignored = ignored & (labels["ignored_class"][i] == c)
+            keep[ignored, c] = False
         cls_total = cls_total + (focal(logits[i], targets, focal_alpha, focal_gamma) * keep).sum()
         for a in labels["reg_mask"][i].nonzero().flatten().tolist():
             target = ssd_encode(boxes[i][labels["reg_idx"][i, a]].tolist(), anchors[a].tolist())

@@ -65,3 +65,35 @@ def test_matches_plain_loop_oracle(size, base):
     oracle = plain_loop_anchors(size, base, num_levels_for(size))
     assert ours.shape == oracle.shape
     torch.testing.assert_close(ours, oracle, rtol=0, atol=1e-4)
+
+
+def test_normalized_anchors_are_the_pixel_anchors_over_the_side():
+    from mutual_guide.anchors import generate_normalized_anchors
+
+    pixel = generate_anchors(320, 24.0, 4)
+    normalized = generate_normalized_anchors(320, 24.0, 4)
+    assert normalized.dtype == torch.float32
+    assert torch.allclose(normalized * 320, pixel, atol=1e-4)
+
+
+def test_ties_between_anchors_break_as_in_the_authors_frame():
+    """
+    A flat box (120 x 11 px) contains anchors 4114 and 4162 of one row along x, so its IoU with both is the same
+    real number: measured in pixels the two floats are equal and argmax takes 4114, measured relative to the image
+    side (the authors' code) 4162 is larger in the last bit, and their baseline forces 4162. The box's best IoU is
+    0.274, so the forced anchor is its only positive.
+    """
+    from detectron2.structures import Boxes, pairwise_iou
+
+    from mutual_guide.anchors import generate_normalized_anchors
+    from mutual_guide.assignment import label_anchors
+
+    box = torch.tensor([[13.758645057678223, 135.7713623046875, 133.61485290527344, 146.92062377929688]])
+    pixel_iou = pairwise_iou(Boxes(box), Boxes(generate_anchors(320, 24.0, 4)))[0]
+    assert pixel_iou[4114] == pixel_iou[4162] == pixel_iou.max()
+
+    labels = label_anchors(
+        generate_normalized_anchors(320, 24.0, 4), box[None] / 320, torch.zeros(1, 1, dtype=torch.long),
+        torch.ones(1, 1, dtype=torch.bool), mutual_guidance=False, num_classes=1,
+    )
+    assert labels.reg_mask[0].nonzero().flatten().tolist() == [4162]

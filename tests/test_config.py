@@ -2,7 +2,10 @@
 import glob
 import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -53,6 +56,25 @@ def test_every_config_file_is_named_and_consistent():
         assert cfg.INPUT.SIZE == (512 if big else 320), path
         assert cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES == (20 if dataset == "voc" else 80), path
         assert cfg.DATASETS.TEST == (("mg_voc_2007_test",) if dataset == "voc" else ("mg_coco_2017_val",)), path
+
+
+def _generate(*args):
+    script = os.path.join(ROOT, "tools", "generate_configs.py")
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+
+
+def test_leaf_configs_are_the_generators_output(tmp_path):
+    result = _generate("--check")
+    assert result.returncode == 0, result.stdout
+    # the check can fail: a hand edit and a stray file in a copy of the folder are both named
+    copy = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, copy)
+    with open(copy / "mg_vgg16_fpn_coco.yaml", "a") as f:
+        f.write("SOLVER:\n  BASE_LR: 0.02\n")
+    (copy / "mg_vgg16_fpn_coco_640.yaml").write_text('_BASE_: "Base-COCO.yaml"\n')
+    result = _generate("--check", "--config-dir", str(copy))
+    assert result.returncode == 1
+    assert "mg_vgg16_fpn_coco.yaml" in result.stdout and "mg_vgg16_fpn_coco_640.yaml (not generated" in result.stdout
 
 
 def test_schedule_is_the_papers():

@@ -3,7 +3,6 @@ The faults of issue 9, each with the message it must now give: broken datasets, 
 would overwrite another, interrupted saves, bad config values. Small: 128 px, a handful of iterations.
 """
 import json
-import logging
 import os
 import re
 import uuid
@@ -33,20 +32,6 @@ def _edit_json(path, edit):
     edit(data)
     with open(path, "w") as f:
         json.dump(data, f)
-
-
-@pytest.fixture
-def captured():
-    """Records of the project's loggers (detectron2's setup_logger stops them from reaching pytest)."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    loggers = [logging.getLogger(n) for n in ("mutual_guide", "demo")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield lambda: "\n".join(r.getMessage() for r in records)
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 # ----------------------------------------------------------------------------- COCO files, one fault each
@@ -86,8 +71,9 @@ def test_coco_faults_name_the_file(tmp_path, case):
     assert len(records) == usable
 
 
-def test_image_faults_are_found_before_training_and_skipped_on_request(tmp_path, train_args, captured):
+def test_image_faults_are_found_before_training_and_skipped_on_request(tmp_path, train_args, logged):
     info = _shapes(tmp_path)
+    messages = logged("mutual_guide")
     images = info["splits"]["train"]["image_root"]
     os.remove(os.path.join(images, "train_00001.jpg"))
     with open(os.path.join(images, "train_00002.jpg"), "wb") as f:
@@ -111,7 +97,7 @@ def test_image_faults_are_found_before_training_and_skipped_on_request(tmp_path,
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    log = captured()
+    log = "\n".join(messages)
     assert re.search(r"DATALOADER.SKIP_BAD_IMAGES: 3 image\(s\) of 'f\w+_train' left out for 3 error\(s\), 1 used", log)
     assert "train_00002.jpg: cannot read the image" in log
     assert os.path.isfile(tmp_path / "skip" / "model_final.pth")
@@ -310,7 +296,8 @@ def test_demo_refuses_random_weights(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "drawn")
 
 
-def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, captured):
+def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, logged):
+    messages = logged("demo")
     rng = np.random.RandomState(0)
     for path in ("a/photo.jpg", "a/photo.png", "b/photo.jpg"):
         os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
@@ -323,7 +310,7 @@ def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, ca
     drawn = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "drawn")
                    for d, _, fs in os.walk(tmp_path / "drawn") for f in fs)
     assert drawn == ["a/photo.jpg", "a/photo.png", "b/photo.jpg"]
-    log = captured()
+    log = "\n".join(messages)
     assert "2 input(s) failed, 3 drawn" in log
     assert re.search(r"a/broken.jpg: OSError: cannot read the image", log)
     assert re.search(r"none/\*.jpg: matches no image file", log)

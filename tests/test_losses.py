@@ -21,10 +21,11 @@ LN2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------- elementwise losses, by hand
-def focal(logit, label, alpha=0.25, gamma=1.0):
+def focal(logit, label, alpha=0.25, gamma=1.0, ignore="anchor"):
     """Focal loss of one anchor with one class: label 0 positive, 1 negative, -1 ignored."""
     logits = torch.tensor([[[logit]]])
-    return float(sigmoid_focal_loss_sum(logits, torch.tensor([[label]]), torch.tensor([[0]]), alpha, gamma))
+    labels, ignored_class = torch.tensor([[label]]), torch.tensor([[0]])
+    return float(sigmoid_focal_loss_sum(logits, labels, ignored_class, alpha, gamma, ignore=ignore))
 
 
 def test_focal_loss_values():
@@ -35,19 +36,29 @@ def test_focal_loss_values():
     # gamma 2, p = 0.75 negative: 0.75 * 0.75 ** 2 * ln 4
     assert focal(math.log(3.0), 1, gamma=2.0) == pytest.approx(0.5848429, abs=1e-6)
     assert focal(math.log(3.0), -1) == 0.0
+    assert focal(math.log(3.0), -1, ignore="class") == 0.0
 
 
+def test_unknown_ignore_rule_is_refused():
+    with pytest.raises(ValueError, match="'both'"):
+        focal(0.0, 0, ignore="both")
+
+
+@pytest.mark.parametrize("ignore", ["anchor", "class"])
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 1.0), (0.3, 2.0)])
-def test_focal_loss_equals_fvcore_on_dense_targets(alpha, gamma):
+def test_focal_loss_equals_fvcore_on_dense_targets(alpha, gamma, ignore):
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(2, 50, 7, generator=g) * 3).requires_grad_()
     cls_labels = torch.randint(-1, 8, (2, 50), generator=g)  # 7 = negative
     ignored_class = torch.where(cls_labels == -1, torch.randint(0, 7, (2, 50), generator=g), 7)
     targets = torch.nn.functional.one_hot(cls_labels.clamp(min=0), 8)[..., :7].float() * (cls_labels >= 0)[..., None]
-    keep = ~torch.nn.functional.one_hot(ignored_class, 8)[..., :7].bool()
+    if ignore == "class":
+        keep = ~torch.nn.functional.one_hot(ignored_class, 8)[..., :7].bool()
+    else:
+        keep = (cls_labels != -1)[..., None].expand(-1, -1, 7)
     reference = (sigmoid_focal_loss(logits, targets, alpha, gamma) * keep).sum()
     (grad_reference,) = torch.autograd.grad(reference, logits)
-    ours = sigmoid_focal_loss_sum(logits, cls_labels, ignored_class, alpha, gamma)
+    ours = sigmoid_focal_loss_sum(logits, cls_labels, ignored_class, alpha, gamma, ignore=ignore)
     (grad,) = torch.autograd.grad(ours, logits)
     assert float(ours) == pytest.approx(float(reference), rel=1e-5)
     assert torch.allclose(grad, grad_reference, atol=1e-6)
@@ -97,12 +108,15 @@ def hand_case():
     return logits, deltas, anchors, gt_boxes, labels
 
 
-def test_losses_hand_values():
+@pytest.mark.parametrize("ignore,negatives", [("anchor", 3), ("class", 4)])
+def test_losses_hand_values(ignore, negatives):
     logits, deltas, anchors, gt_boxes, labels = hand_case()
-    out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, focal_alpha=0.25, focal_gamma=1.0)
-    # p = 0.5 everywhere: 1 positive score (0.25 * 0.5 ln 2) + 4 negative scores (0.75 * 0.5 ln 2), the ignored
-    # anchor's class-0 score left out; one positive anchor
-    assert float(out["loss_cls"]) == pytest.approx(0.125 * LN2 + 4 * 0.375 * LN2, rel=1e-6)
+    out = mutual_guide_losses(
+        logits, deltas, anchors, gt_boxes, labels, B2B, focal_alpha=0.25, focal_gamma=1.0, ignore=ignore
+    )
+    # p = 0.5 everywhere: 1 positive score (0.25 * 0.5 ln 2) + negative scores (0.75 * 0.5 ln 2 each): anchor 0's
+    # class 0, anchor 2's two, and under "class" the ignored anchor's class-1 score; one positive anchor
+    assert float(out["loss_cls"]) == pytest.approx(0.125 * LN2 + negatives * 0.375 * LN2, rel=1e-6)
     # |diff| = (1, 0, 0, 0): (1.5 + 1.5 / b - 0.055 + 0) / 4
     assert float(out["loss_box_reg"]) == pytest.approx(1.5235935 / 4, rel=1e-6)
 
@@ -115,32 +129,40 @@ def test_loss_weights_scale_each_loss():
     assert float(weighted["loss_box_reg"]) == pytest.approx(3 * float(base["loss_box_reg"]))
 
 
-def test_gradients_reach_trained_scores_only():
+@pytest.mark.parametrize("ignore", ["anchor", "class"])
+def test_gradients_reach_trained_scores_only(ignore):
     logits, deltas, anchors, gt_boxes, labels = hand_case()
-    out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B)
+    out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, ignore=ignore)
     (out["loss_cls"] + out["loss_box_reg"]).backward()
-    assert logits.grad[0, 1, 0] == 0  # the ignored score
-    assert (logits.grad[0, 1, 1] != 0) and (logits.grad[0, 0] != 0).all() and (logits.grad[0, 2] != 0).all()
+    assert logits.grad[0, 1, 0] == 0  # the score of the class anchor 1 is ignored for
+    assert (logits.grad[0, 1, 1] != 0) == (ignore == "class")  # its other score: trained only under "class"
+    assert (logits.grad[0, 0] != 0).all() and (logits.grad[0, 2] != 0).all()
     assert deltas.grad[0, 0, 0] != 0 and (deltas.grad[0, 1:] == 0).all()
 
 
 # ----------------------------------------------------------------------------- against the oracle
+@pytest.mark.parametrize("ignore", ["anchor", "class"])
 @pytest.mark.parametrize("mutual", [True, False])
 @pytest.mark.parametrize("seed,max_boxes", [(10, 0), (11, 1), (12, 5), (13, 9)])
-def test_losses_equal_oracle(mutual, seed, max_boxes):
+def test_losses_equal_oracle(mutual, seed, max_boxes, ignore):
     anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes)
     deltas = torch.randn(logits.shape[0], len(anchors), 4, generator=torch.Generator().manual_seed(seed))
     instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
     gt_boxes, gt_classes, valid = pad_ground_truth(instances)
     labels = label_anchors(anchors, gt_boxes, gt_classes, valid, pred, logits, mutual_guidance=mutual)
     expected_labels = oracle_label_anchors(anchors, boxes, classes, C, pred, logits, mutual_guidance=mutual)
-    kwargs = dict(focal_alpha=0.3, focal_gamma=1.5, bl1_alpha=0.5, bl1_gamma=1.5, bl1_beta=0.11)
+    kwargs = dict(focal_alpha=0.3, focal_gamma=1.5, bl1_alpha=0.5, bl1_gamma=1.5, bl1_beta=0.11, ignore=ignore)
     out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
     expected = oracle_losses(logits, deltas, anchors, boxes, expected_labels, **kwargs)
     assert float(out["loss_cls"]) == pytest.approx(float(expected["loss_cls"]), rel=1e-5)
     assert float(out["loss_box_reg"]) == pytest.approx(float(expected["loss_box_reg"]), rel=1e-5, abs=1e-7)
     if max_boxes:
         assert float(out["loss_box_reg"]) > 0
+    if ignore == "class" and (labels.cls_labels == -1).any():
+        # the rules differ exactly when an anchor is ignored: "class" keeps its other C - 1 scores
+        kwargs["ignore"] = "anchor"
+        anchor_rule = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
+        assert float(out["loss_cls"]) > float(anchor_rule["loss_cls"])
 
 
 @pytest.mark.parametrize("mutual", [True, False])

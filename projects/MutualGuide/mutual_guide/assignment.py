@@ -42,8 +42,9 @@ class AnchorLabels(NamedTuple):
     reg_mask: bool, regression positives.
     reg_idx: long, index into G of the box a regression positive regresses to (meaningless elsewhere).
     cls_idx: long, index into G of the box whose class labels a positive or ignored anchor (meaningless elsewhere).
-    ignored_class: long, at an ignored anchor the class of `cls_idx`'s box, C elsewhere. As in the authors' code,
-        an ignored anchor leaves out only that class's score; its other C - 1 scores are trained as negatives.
+    ignored_class: long, at an ignored anchor the class of `cls_idx`'s box, C elsewhere. Read by the loss only under
+        the "class" ignore rule (an ignored anchor leaves out that class's score only); under the seed's "anchor"
+        rule an ignored anchor has no classification term at all.
     """
 
     cls_labels: Tensor

@@ -37,6 +37,9 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.NUM_CLASSES = 80  # object classes, without background
     _C.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE = 24.0  # anchor side at stride 8; level k uses BASE * 2**k
     _C.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS = [0.4, 0.5]  # below the first: negative; at or above the second: positive
+    # What an ignored anchor leaves out of the classification loss: "anchor", all its class scores (the seed,
+    # fd2c4cc), or "class", only the score of the class it is ignored for (the authors' later code, a192256 on).
+    _C.MODEL.MUTUAL_GUIDE.IGNORE = "anchor"
     _C.MODEL.MUTUAL_GUIDE.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD variances 0.1/0.2
     _C.MODEL.MUTUAL_GUIDE.FOCAL_LOSS_ALPHA = 0.25
     _C.MODEL.MUTUAL_GUIDE.FOCAL_LOSS_GAMMA = 1.0  # the paper's code uses 1.0, not RetinaNet's 2.0
@@ -47,10 +50,14 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.LOSS_BOX_REG_WEIGHT = 1.0
     _C.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST = 0.005  # per-class score kept before NMS
     _C.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST = 0.5  # per-class NMS IoU
-    # Fold BatchNorm into the preceding convolutions when the model is put in eval mode (outputs unchanged).
+    # Fold BatchNorm into the convolutions (and fuse RepVGG branches) before `train_net.py --eval-only` and in
+    # MutualGuidePredictor (demo.py): same outputs, faster. Evaluation during training keeps the training model.
     _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True
     # Multi-process training: synchronise BatchNorm statistics across processes (GPUs only).
     _C.MODEL.MUTUAL_GUIDE.SYNC_BN = False
+    # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
+    # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
+    _C.MODEL.MUTUAL_GUIDE.FINETUNE = False
     _C.TEST.DETECTIONS_PER_IMAGE = 300
 
     # ---------------------------------------------------------------- input and augmentation
@@ -91,4 +98,6 @@ def add_mutual_guide_config(cfg):
     # ---------------------------------------------------------------- evaluation and drawing
     _C.TEST.DRAW = False  # draw predictions of an evaluation run into OUTPUT_DIR/draw/<dataset>/
     _C.TEST.DRAW_SCORE_THRESH = 0.3  # predictions drawn from this score
+    # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
+    _C.TEST.BEST_METRIC = "bbox/AP50"
     return cfg

@@ -8,12 +8,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
 from detectron2.data import MetadataCatalog
+from detectron2.engine.hooks import BestCheckpointer
 from detectron2.evaluation import DatasetEvaluators
 
 from .drawing import PredictionDrawer
 from .evaluators import COCOEvaluatorWithConvention, VOCEvaluator
 
 __all__ = [
+    "BestModelCheckpointer",
     "build_dataset_evaluator",
     "check_amp_supported",
     "check_num_classes",
@@ -112,3 +114,25 @@ def load_imagenet_backbone(backbone, cfg):
     spec = cfg.MODEL.BACKBONE.PRETRAINED
     load_pretrained_backbone(backbone, cfg.MODEL.BACKBONE.NAME, spec)
     logger.info("Backbone %s initialised from %s", cfg.MODEL.BACKBONE.NAME, spec)
+
+
+class BestModelCheckpointer(BestCheckpointer):
+    """
+    detectron2's BestCheckpointer (OUTPUT_DIR/<file_prefix>.pth holds the weights of the best evaluation so far),
+    which, when the metric it tracks is not among the evaluation's results, also names the ones that are:
+    detectron2's only says that it was not found, and a misspelt TEST.BEST_METRIC would go unnoticed.
+    """
+
+    def _best_checking(self):
+        latest = self.trainer.storage.latest()
+        if self._val_metric not in latest:
+            # evaluation results are stored flattened as "<task>/<metric>"; training scalars have no "/"
+            available = sorted(k for k in latest if "/" in k) or sorted(latest)
+            self._logger.warning(
+                "TEST.BEST_METRIC %r is not among the evaluation results, so no model_best.pth is kept. "
+                "Metrics that exist: %s",
+                self._val_metric,
+                ", ".join(available),
+            )
+            return
+        super()._best_checking()

@@ -21,12 +21,12 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
-from .anchors import generate_anchors, num_levels_for
+from .anchors import generate_anchors, generate_normalized_anchors, num_levels_for
 from .assignment import label_anchors, pad_ground_truth
 from .head import MutualGuideHead
-from .losses import mutual_guide_losses
+from .losses import IGNORE_RULES, mutual_guide_losses
 from .neck import build_neck
-from .paper_checkpoint import convert_paper_state_dict
+from .paper_checkpoint import rename_paper_keys
 
 __all__ = ["MutualGuideDetector"]
 
@@ -56,6 +56,7 @@ class MutualGuideDetector(DenseDetector):
         anchor_base_size: float = 24.0,
         mutual_guidance: bool = True,
         iou_thresholds: Tuple[float, float] = (0.4, 0.5),
+        ignore: str = "anchor",
         box2box_transform: Box2BoxTransform,
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 1.0,
@@ -79,6 +80,9 @@ class MutualGuideDetector(DenseDetector):
         self.input_size = input_size
         self.mutual_guidance = mutual_guidance
         self.iou_thresholds = tuple(iou_thresholds)
+        if ignore not in IGNORE_RULES:
+            raise ValueError(f"MODEL.MUTUAL_GUIDE.IGNORE must be one of {IGNORE_RULES}, got {ignore!r}")
+        self.ignore = ignore
         self.box2box_transform = box2box_transform
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
@@ -88,11 +92,18 @@ class MutualGuideDetector(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.vis_period = vis_period
-        anchors = generate_anchors(input_size, anchor_base_size, num_levels_for(input_size))
-        # Anchors depend only on the input size: computed once, saved with nothing.
-        self.register_buffer("anchors", anchors, persistent=False)
-        # The authors' checkpoints name the head `loc`/`conf` at the top level; rename on load.
-        self.register_load_state_dict_pre_hook(_rename_paper_keys)
+        num_levels = num_levels_for(input_size)
+        # Anchors depend only on the input size: computed once, saved with nothing. The normalised copy is the
+        # assignment's (see `generate_normalized_anchors`), the pixel one everything else's.
+        self.register_buffer("anchors", generate_anchors(input_size, anchor_base_size, num_levels), persistent=False)
+        self.register_buffer(
+            "normalized_anchors",
+            generate_normalized_anchors(input_size, anchor_base_size, num_levels),
+            persistent=False,
+        )
+        # The authors' checkpoints name the head `loc`/`conf` at the top level: renamed on load, whatever loads
+        # (paper_checkpoint.py says why here and not in a checkpointer).
+        self.register_load_state_dict_pre_hook(rename_paper_keys)
 
     @classmethod
     def from_config(cls, cfg):
@@ -111,6 +122,7 @@ class MutualGuideDetector(DenseDetector):
             "anchor_base_size": mg.ANCHOR_BASE_SIZE,
             "mutual_guidance": mg.ENABLED,
             "iou_thresholds": mg.IOU_THRESHOLDS,
+            "ignore": mg.IGNORE,
             "box2box_transform": Box2BoxTransform(weights=mg.BBOX_REG_WEIGHTS),
             "focal_loss_alpha": mg.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": mg.FOCAL_LOSS_GAMMA,
@@ -230,10 +242,11 @@ class MutualGuideDetector(DenseDetector):
         gt_boxes, gt_classes, valid = pad_ground_truth(gt_instances)
         pred_boxes = None
         if self.mutual_guidance:
-            pred_boxes = self.decode_boxes(deltas.detach())
+            pred_boxes = self.decode_boxes(deltas.detach()) / self.input_size
+        # IoUs in the frame of the image side, as the authors' code measures them (same ties, same anchors chosen)
         labels = label_anchors(
-            self.anchors,
-            gt_boxes,
+            self.normalized_anchors,
+            gt_boxes / self.input_size,
             gt_classes,
             valid,
             pred_boxes=pred_boxes,
@@ -262,6 +275,7 @@ class MutualGuideDetector(DenseDetector):
             bl1_beta=beta,
             cls_weight=self.loss_weights[0],
             box_weight=self.loss_weights[1],
+            ignore=self.ignore,
         )
         try:
             storage = get_event_storage()
@@ -298,14 +312,3 @@ class MutualGuideDetector(DenseDetector):
             result.pred_classes = classes[keep]
             results.append(result)
         return results
-
-
-def _rename_paper_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    """load_state_dict pre-hook: accept a state dict saved by the authors' code (top-level `loc`/`conf`)."""
-    ours = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    converted = convert_paper_state_dict(ours)
-    if converted.keys() != ours.keys():
-        for k in ours:
-            del state_dict[prefix + k]
-        for k, v in converted.items():
-            state_dict[prefix + k] = v
