@@ -15,6 +15,7 @@ import train_net
 from conftest import ROOT
 from detectron2.engine import default_argument_parser
 from mutual_guide.data import make_synthetic_dataset
+from mutual_guide.data.check import check_dataset
 from mutual_guide.data.coco_reader import read_coco_dataset
 from mutual_guide.data.loading import training_dataset_dicts
 from mutual_guide.data.problems import DatasetError
@@ -69,6 +70,25 @@ def test_coco_faults_name_the_file(tmp_path, case):
     assert any(re.search(expected, p.message) for p in problems), [p.message for p in problems]
     assert any(p.fatal for p in problems) == (usable == 0)
     assert len(records) == usable
+
+
+def test_datasets_registered_with_detectrons_functions_are_checked_too(tmp_path):
+    from detectron2.data.datasets import register_coco_instances
+
+    info = _shapes(tmp_path)
+    split = info["splits"]["train"]
+    _edit_json(split["json_file"], lambda d: d["annotations"][0]["bbox"].__setitem__(3, -4))
+    os.remove(os.path.join(split["image_root"], "train_00003.jpg"))
+    name = f"d2_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, split["json_file"], split["image_root"])
+    with open(split["json_file"]) as f:
+        x, y, w, h = json.load(f)["annotations"][0]["bbox"]
+    report = check_dataset(name, progress=False)
+    assert [(os.path.basename(p.image), p.message) for p in report.errors] == [
+        ("train_00000.jpg", f"annotation 0: box reversed: y1 < y0 in [{x}, {y}, {w}, -4]"),
+        ("train_00003.jpg", "image file not found"),
+    ]
+    assert len(report.records) == 2
 
 
 def test_image_faults_are_found_before_training_and_skipped_on_request(tmp_path, train_args, logged):
