@@ -21,7 +21,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils import comm
 
 from .data.box_convention import evaluation_boxes
-from .data.check import checked_records, reads_itself
+from .data.check import checked_records, read_by_our_readers
 from .data.problems import DatasetError, format_problems
 from .data.voc_reader import read_voc_dataset
 
@@ -99,7 +99,7 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
     def _ground_truth_records(self):
         """The checked records; for a VOC dataset registered with detectron2's loader (which drops
         <difficult>), our reader's records of its folder, as detectron2's evaluator would read that folder."""
-        if reads_itself(self._dataset_name):
+        if read_by_our_readers(self._dataset_name):
             return checked_records(self._dataset_name, self._skip_bad_images)
         meta = MetadataCatalog.get(self._dataset_name)
         records, problems = read_voc_dataset(meta.dirname, meta.split, meta.thing_classes)

@@ -20,7 +20,7 @@ from detectron2.structures import BoxMode
 from .image_header import read_image_size
 from .problems import DatasetError, Problem, box_problem, format_problems
 
-__all__ = ["DatasetReport", "check_dataset", "checked_records", "reads_itself", "register_checked_dataset"]
+__all__ = ["DatasetReport", "check_dataset", "checked_records", "read_by_our_readers", "register_checked_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def register_checked_dataset(name, read, **metadata):
     MetadataCatalog.get(name).set(**metadata)
 
 
-def reads_itself(name):
+def read_by_our_readers(name):
     """Whether `name` is read by our readers (registered by this project), not by a loader of its own."""
     return name in _READERS
 
