@@ -7,6 +7,11 @@ Draw a trained detector's predictions on images with detectron2's Visualizer.
 
 --input takes image files, folders (every image inside) and quoted globs. Class names come from the first
 dataset in DATASETS.TEST (register custom ones with DATASETS.CUSTOM, see the README).
+
+Each drawing keeps its input's path relative to the inputs' common folder (a/photo.jpg, a/photo.png and
+b/photo.jpg give three files under --output). A file that cannot be read or drawn is reported and the
+others are still drawn; the exit status is 1 when any input failed. Without MODEL.WEIGHTS the demo refuses
+to run unless --allow-random-weights is given.
 """
 import argparse
 import glob
@@ -23,13 +28,17 @@ from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import register_custom_datasets
 from mutual_guide.drawing import draw_predictions
 from mutual_guide.predictor import MutualGuidePredictor
+from mutual_guide.preflight import check_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def expand_inputs(patterns):
-    """Image paths from files, folders and globs, in a stable order; an input matching nothing is an error."""
-    paths = []
+    """
+    (image paths, failures) from files, folders and globs: each file once, in a stable order; an input
+    matching no image file is a failure (input, reason), and the others are still used.
+    """
+    paths, seen, failures = [], set(), []
     for pattern in patterns:
         if os.path.isdir(pattern):
             found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))]
@@ -37,9 +46,21 @@ def expand_inputs(patterns):
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image file")
-        paths.extend(found)
-    return paths
+            failures.append((pattern, "matches no image file"))
+        for path in found:
+            if os.path.abspath(path) not in seen:
+                seen.add(os.path.abspath(path))
+                paths.append(path)
+    return paths, failures
+
+
+def output_paths(paths, output_dir):
+    """Where each input's drawing goes: its path relative to the inputs' common folder, under `output_dir`."""
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [os.path.join(output_dir, os.path.relpath(p, common)) for p in absolute]
 
 
 def get_parser():
@@ -48,12 +69,19 @@ def get_parser():
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or quoted globs")
     parser.add_argument("--output", required=True, help="folder for the drawings (created if needed)")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="run without MODEL.WEIGHTS (an untrained network's boxes); refused otherwise",
+    )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    """Draw every input; returns how many were drawn, or exits with status 1 after the report if any failed."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
     setup_logger(name="mutual_guide")
     logger = setup_logger(name="demo")
     cfg = get_cfg()
@@ -61,21 +89,39 @@ def main(argv=None):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
+        parser.error(
+            "MODEL.WEIGHTS is not set, so the network would be randomly initialised and draw meaningless boxes. "
+            "Give the trained weights (--opts MODEL.WEIGHTS path/to/model_final.pth), or add "
+            "--allow-random-weights to run an untrained network on purpose."
+        )
+    check_config(cfg, training=False)
     register_custom_datasets(cfg)
     predictor = MutualGuidePredictor(cfg)
-    os.makedirs(args.output, exist_ok=True)
-    paths = expand_inputs(args.input)
-    for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"Cannot read image {path!r}")
-        instances = predictor(image).to("cpu")
-        drawn = draw_predictions(image, instances, predictor.metadata, args.confidence_threshold)
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".jpg")
-        cv2.imwrite(out, drawn)
+    paths, failures = expand_inputs(args.input)
+    drawn = 0
+    for path, out in zip(paths, output_paths(paths, args.output)):
+        try:
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is None:
+                raise OSError("cannot read the image (missing, not an image, or damaged)")
+            instances = predictor(image).to("cpu")
+            drawing = draw_predictions(image, instances, predictor.metadata, args.confidence_threshold)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            if not cv2.imwrite(out, drawing):
+                raise OSError(f"cannot write the drawing to {out}")
+        except Exception as e:  # one bad file must not stop the others; all are reported at the end
+            failures.append((path, f"{type(e).__name__}: {e}"))
+            logger.error(f"{path}: {type(e).__name__}: {e}")
+            continue
+        drawn += 1
         kept = int((instances.scores >= args.confidence_threshold).sum())
         logger.info(f"{path}: {kept} detections >= {args.confidence_threshold} -> {out}")
-    return len(paths)
+    if failures:
+        report = "\n".join(f"  {path}: {why}" for path, why in failures)
+        logger.error(f"{len(failures)} input(s) failed, {drawn} drawn:\n{report}")
+        raise SystemExit(1)
+    return drawn
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@ Train and evaluate Mutual Guidance detectors, as detectron2's tools/train_net.py
     python train_net.py --config-file configs/mg_vgg16_fpn_coco.yaml --num-gpus 8
     python train_net.py --config-file configs/mg_vgg16_fpn_coco.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
+
+Before anything is built: the config is validated, an OUTPUT_DIR holding another run is refused without
+--resume (or --overwrite-output-dir), and --eval-only needs MODEL.WEIGHTS. Before the first iteration every
+dataset used is checked (mutual_guide/data/check.py).
 """
 import logging
+import os
 import weakref
 
 import detectron2.utils.comm as comm
@@ -23,11 +28,14 @@ from detectron2.engine import (
     launch,
 )
 from detectron2.evaluation import verify_results
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
-from mutual_guide import add_mutual_guide_config
+from mutual_guide import add_mutual_guide_config, preflight
+from mutual_guide.atomic_io import AtomicJSONWriter, remove_stale_temporaries
 from mutual_guide.checkpoint import MutualGuideCheckpointer
 from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
+from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine import (
     BestModelCheckpointer,
     build_dataset_evaluator,
@@ -51,6 +59,11 @@ class Trainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         check_amp_supported(cfg)
+        # Every dataset of the run is checked before anything is built, so that a bad image or annotation
+        # stops the run now rather than at the iteration that samples it or at the final evaluation.
+        check_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        if comm.is_main_process():
+            remove_stale_temporaries(cfg.OUTPUT_DIR)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -95,15 +108,31 @@ class Trainer(DefaultTrainer):
             ret.insert(after_eval, best)
         return ret
 
+    def build_writers(self):
+        """detectron2's default writers, with metrics.json written atomically (atomic_io.AtomicJSONWriter)."""
+        return [
+            CommonMetricPrinter(self.max_iter),
+            AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
+
     @classmethod
     def build_train_loader(cls, cfg):
-        loader = build_detection_train_loader(cfg, mapper=MutualGuideDatasetMapper(cfg, is_train=True))
+        """The checked records of DATASETS.TRAIN, in DATASETS.BOX_CONVENTION (mutual_guide/data/loading.py)."""
+        loader = build_detection_train_loader(
+            cfg, dataset=training_dataset_dicts(cfg), mapper=MutualGuideDatasetMapper(cfg, is_train=True)
+        )
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        loader = build_detection_test_loader(cfg, dataset_name, mapper=MutualGuideDatasetMapper(cfg, is_train=False))
+        dataset = test_dataset_dicts(cfg, dataset_name)
+        loader = build_detection_test_loader(
+            dataset,
+            mapper=MutualGuideDatasetMapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
         check_num_classes(cfg, [dataset_name])
         return loader
 
@@ -113,16 +142,40 @@ class Trainer(DefaultTrainer):
         return build_dataset_evaluator(cfg, dataset_name, output_folder)
 
 
+def argument_parser():
+    """detectron2's default_argument_parser, plus --overwrite-output-dir."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="start a new training run in an OUTPUT_DIR that holds another run (refused otherwise)",
+    )
+    return parser
+
+
 def setup(args):
-    """Config from file and command line, logging, output folder, and the datasets it declares."""
+    """
+    Config from file and command line, checked; the output folder (refused for a new run when it holds
+    another one); logging; and the datasets the config declares. `args` may come from detectron2's own
+    default_argument_parser (no --overwrite-output-dir: then False).
+    """
     cfg = get_cfg()
     add_mutual_guide_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    preflight.check_config(cfg, training=not args.eval_only)
+    if args.eval_only:
+        preflight.check_weights_for_inference(cfg, resume=args.resume)
+    replaced = preflight.check_output_dir(
+        cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only,
+        overwrite=getattr(args, "overwrite_output_dir", False),
+    )
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutual_guide")
+    preflight.set_aside_previous_run(cfg.OUTPUT_DIR, replaced)
     register_custom_datasets(cfg)
+    preflight.check_dataset_names(cfg, training=not args.eval_only)
     # A missing dataset folder stops the run now, naming the path and the expected layout.
     check_dataset_paths(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     return cfg
@@ -131,6 +184,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_datasets(cfg, cfg.DATASETS.TEST)  # before the weights are loaded: bad data fails first
         model = Trainer.build_model(cfg)
         MutualGuideCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         if cfg.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE:
@@ -148,7 +202,7 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -50,8 +50,9 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
     print(f"[demo] dataset written to {info['root']} ({num_train} train / {num_test} test images, "
           f"classes {', '.join(info['classes'])})", flush=True)
 
-    args = default_argument_parser().parse_args(
-        ["--config-file", CONFIG, "OUTPUT_DIR", output_dir] + dataset_opts(info) + list(opts)
+    # A demo run replaces the previous demo's files in its folder (train_net refuses that without the flag).
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, "--overwrite-output-dir", "OUTPUT_DIR", output_dir] + dataset_opts(info) + list(opts)
     )
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)

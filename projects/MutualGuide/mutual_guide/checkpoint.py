@@ -7,6 +7,8 @@ import torch
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .atomic_io import AtomicWritePathManager
+
 __all__ = ["CheckpointMismatchError", "MutualGuideCheckpointer", "check_state_dict_fits", "unwrap_state_dict"]
 
 logger = logging.getLogger(__name__)
@@ -55,12 +57,16 @@ class MutualGuideCheckpointer(DetectionCheckpointer):
     With `finetune=True` (MODEL.MUTUAL_GUIDE.FINETUNE) the class-logit layers (`head.conf`) of a checkpoint
     trained on other classes are left out and start afresh with the head's prior-probability initialisation;
     every other tensor must still fit, since a checkpoint of another backbone or neck is not a fine-tune.
+
+    Checkpoints and `last_checkpoint` are written atomically (atomic_io.py): a save interrupted by a kill
+    never leaves a truncated file under a checkpoint's name.
     """
 
     def __init__(self, model, save_dir="", *, finetune: bool = False, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.finetune = finetune
         self._loading_path = ""
+        self.path_manager = AtomicWritePathManager(self.path_manager)
 
     def load(self, path, *args, **kwargs):
         self._loading_path = path

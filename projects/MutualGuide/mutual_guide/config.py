@@ -74,6 +74,12 @@ def add_mutual_guide_config(cfg):
     #   "mydata_val:coco:json=/data/mine/val.json;images=/data/mine/images"
     # They are registered before the trainer builds its loaders, so DATASETS.TRAIN/TEST may name them.
     _C.DATASETS.CUSTOM = []
+    # Pixel convention of the ground truth, in training and evaluation alike (data/box_convention.py):
+    # "detectron2" (its loaders' and evaluators') or "seed" (the paper's code; the paper configs use it).
+    _C.DATASETS.BOX_CONVENTION = "detectron2"
+    # Images the dataset check finds in error (missing, unreadable, wrong size, bad annotation...) stop the
+    # run before the first iteration; True leaves them out instead, listed and counted in the log.
+    _C.DATALOADER.SKIP_BAD_IMAGES = False
 
     # ---------------------------------------------------------------- solver (the paper's schedule)
     _C.SOLVER.OPTIMIZER = "SGD"

@@ -9,9 +9,10 @@ from torch.nn.parallel import DistributedDataParallel
 import detectron2.utils.comm as comm
 from detectron2.data import MetadataCatalog
 from detectron2.engine.hooks import BestCheckpointer
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.evaluation import DatasetEvaluators
 
 from .drawing import PredictionDrawer
+from .evaluators import COCOEvaluatorWithConvention, VOCEvaluator
 
 __all__ = [
     "BestModelCheckpointer",
@@ -28,16 +29,18 @@ logger = logging.getLogger(__name__)
 
 def build_dataset_evaluator(cfg, dataset_name, output_folder=None):
     """
-    The evaluator the dataset's `evaluator_type` asks for: "pascal_voc" (AP over IoU .50:.95, AP50, AP75; the
-    11-point metric for 2007 data) or "coco". With TEST.DRAW, predictions are also drawn into
-    OUTPUT_DIR/draw/<dataset>/.
+    The evaluator the dataset's `evaluator_type` asks for: "pascal_voc" (detectron2's VOC metric, AP over IoU
+    .50:.95, AP50, AP75, the 11-point metric for 2007 data, with the ground truth of our VOC reader) or "coco"
+    (detectron2's COCOEvaluator), both writing predictions in DATASETS.BOX_CONVENTION. With TEST.DRAW,
+    predictions are also drawn into OUTPUT_DIR/draw/<dataset>/.
     """
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    convention = cfg.DATASETS.BOX_CONVENTION
     if evaluator_type == "pascal_voc":
-        evaluator = PascalVOCDetectionEvaluator(dataset_name)
+        evaluator = VOCEvaluator(dataset_name, convention, skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES)
     elif evaluator_type == "coco":
-        evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+        evaluator = COCOEvaluatorWithConvention(dataset_name, convention, tasks=("bbox",), output_dir=output_folder)
     else:
         raise ValueError(
             f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'pascal_voc' or 'coco' "
