@@ -16,7 +16,7 @@ prediction drawn (file, frame for videos, box XYXY in the original image's pixel
 Drawings are at least 512 pixels wide and at most 2048 on their longest side (mutual_guide/drawing.py).
 Grayscale and palette images are converted to colour, an alpha channel is dropped. An image over
 --max-megapixels (default 150; a 12000 x 12000 photo is 144 megapixels, 0.4 GB decoded, and took the demo
-1.7 GB at its peak) is refused from its header, before decoding. A file that cannot be used is reported with
+to 1.7 GB at its peak, against 0.9 GB on a small image) is refused from its header, before decoding. A file that cannot be used is reported with
 the reason and the others are still drawn; the exit status is 1 when any input failed. Without MODEL.WEIGHTS
 the demo refuses to run unless --allow-random-weights is given.
 """

@@ -198,3 +198,45 @@ def test_reports_of_a_trained_model_on_both_layouts(tmp_path, train_args):
         assert all(c["num_ground_truth"] > 0 for c in report["classes"])  # else the VOC mean is NaN
         assert report["confusion_matrix"]["score_threshold"] == 0.4  # TEST.DRAW_SCORE_THRESH
         _check_pictures(str(folder), class_colours=False)  # after 6 iterations the curves lie along the axes
+
+
+@pytest.mark.parametrize("fmt", ["voc", "coco"])
+def test_a_class_without_ground_truth(fmt, tmp_path):
+    # A fourth class, "hexagon", that no test image holds; one false hexagon per image. Its AP is the metric's
+    # (null in the JSON when NaN); the mean is the metric's too: NaN for VOC (as Detectron2), without it for COCO.
+    name = f"nogt{fmt}{uuid.uuid4().hex[:6]}"
+    info = make_synthetic_dataset(str(tmp_path), fmt=fmt, num_train=1, num_test=6, seed=7, name=name)
+    if fmt == "voc":
+        spec = f"{name}:voc:root={tmp_path};split=test;classes={','.join(CLASSES)},hexagon"
+    else:
+        with open(info["splits"]["test"]["json_file"]) as f:
+            data = json.load(f)
+        data["categories"].append({"id": 4, "name": "hexagon"})
+        with open(tmp_path / "four.json", "w") as f:
+            json.dump(data, f)
+        spec = f"{name}:coco:json={tmp_path / 'four.json'};images={info['splits']['test']['image_root']}"
+    register_custom_dataset(spec)
+    records = DatasetCatalog.get(name)
+    folder = str(tmp_path / "eval")
+    evaluator = (VOCEvaluator(name, report_dir=folder) if fmt == "voc"
+                 else COCOEvaluatorWithConvention(name, tasks=("bbox",), report_dir=folder))
+    outputs, _ = _predictions(records, seed=1)
+    evaluator.reset()
+    for record, output in zip(records, outputs):
+        instances = output["instances"]
+        hexagon = Instances(instances.image_size, pred_boxes=Boxes(torch.tensor([[70.0, 70.0, 100.0, 100.0]])),
+                            scores=torch.tensor([0.8]), pred_classes=torch.tensor([3]))
+        evaluator.process([record], [{"instances": Instances.cat([instances, hexagon])}])
+    headline = evaluator.evaluate()["bbox"]
+    with open(os.path.join(folder, "per_class.json")) as f:
+        report = json.load(f)
+    assert [c["name"] for c in report["classes"]] == CLASSES + ["hexagon"]
+    assert report["classes"][3]["num_ground_truth"] == 0
+    assert report["confusion_matrix"]["counts"][4][3] == len(records)  # every hexagon is a false detection
+    if fmt == "voc":
+        assert np.isnan(headline["AP"]) and report["mean"]["AP"] is None and report["mean_over"] == "all"
+    else:
+        assert report["classes"][3]["AP"] is None and report["mean_over"] == "defined"
+        assert report["mean"]["AP"] == pytest.approx(headline["AP"], abs=5e-4)
+        assert np.mean([c["AP"] for c in report["classes"][:3]]) == pytest.approx(headline["AP"], abs=2e-3)
+    _check_pictures(folder)  # the three classes with objects are drawn

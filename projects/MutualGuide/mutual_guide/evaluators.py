@@ -124,16 +124,17 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
     def _write_report(self, aps, curves, predictions, truth):
         """The report of evaluation_report.py, from the per-class APs and curves the metric was made of."""
         per_class = np.array([aps[thresh] for thresh in _IOU_THRESHOLDS])  # thresholds x classes
+        num_ground_truth = np.array([
+            sum(int((~difficult[classes == k]).sum()) for _, classes, difficult in truth.values())
+            for k in range(len(self._class_names))
+        ])
         results = ClassResults(
             names=list(self._class_names),
             ap={"AP": per_class.mean(axis=0), "AP50": np.array(aps[50]), "AP75": np.array(aps[75])},
-            num_ground_truth=np.array([
-                sum(int((~difficult[classes == k]).sum()) for _, classes, difficult in truth.values())
-                for k in range(len(self._class_names))
-            ]),
+            num_ground_truth=num_ground_truth,
             precision=np.array([
-                interpolated_precision(rec, prec) if np.isfinite(rec).all() else np.full(101, np.nan)
-                for rec, prec in curves
+                interpolated_precision(rec, prec) if n else np.full(len(RECALL_GRID), np.nan)
+                for (rec, prec), n in zip(curves, num_ground_truth)
             ]),
             mean_over="all",
             metric=f"VOC{2007 if self._is_2007 else 2012} metric "

@@ -38,8 +38,10 @@ def plot_pr_curves(path, dataset_name, results):
                 label=f"{results.names[k]} (AP50 {ap50[k]:.1f})")
     if defined:
         mean_curve = np.mean(results.precision[defined], axis=0)
+        mean_ap50 = results.mean("AP50")
+        about = f"AP50 {mean_ap50:.1f}" if np.isfinite(mean_ap50) else "the metric's AP50 is NaN"
         ax.plot(RECALL_GRID, mean_curve, color="black", linewidth=2.8, linestyle="--",
-                label=f"mean of {len(defined)} classes (AP50 {results.mean('AP50'):.1f})")
+                label=f"mean of {len(defined)} classes ({about})")
     missing = len(results.names) - len(defined)
     title = "classes" if len(named) == len(defined) else f"5 best and 5 worst of {len(defined)} classes"
     if missing:
