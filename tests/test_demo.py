@@ -198,22 +198,26 @@ def test_every_kind_of_bad_input_in_one_batch(shapes, tmp_path, logged):
     Image.new("1", (3000, 2500), 1).save(inputs / "large.png")
     Image.new("1", (13000, 13000), 0).save(inputs / "huge.png")  # 169 megapixels: refused from the header
 
-    result = run(["--input", inputs, tmp_path / "empty"], tmp_path / "out", "--json", tmp_path / "p.json",
-                 "--confidence-threshold", "0.9", opts=shapes["opts"])
+    _write_video(tmp_path / "clip.mp4", 2)  # given to --input by mistake
+
+    result = run(["--input", inputs, tmp_path / "empty", tmp_path / "clip.mp4"], tmp_path / "out", "--json",
+                 tmp_path / "p.json", "--confidence-threshold", "0.9", opts=shapes["opts"])
     assert result == ("exit", 1)
     with open(tmp_path / "p.json") as f:
         saved = json.load(f)
     failed = {os.path.basename(f["file"]): f["error"] for f in saved["failed"]}
-    assert failed.keys() == {"broken.jpg", "huge.png", "empty"}
+    assert failed.keys() == {"broken.jpg", "huge.png", "empty", "clip.mp4"}
     assert failed["broken.jpg"].startswith("OSError: cannot read the image (UnidentifiedImageError")
+    assert failed["clip.mp4"].endswith(") (a video? use --video-input)")
     assert failed["huge.png"].startswith("ValueError: 13000 x 13000 pixels (169 megapixels) is over "
                                          "--max-megapixels 150: decoded, it alone would take 0.5 GiB")
     assert failed["empty"] == "folder holds no image file (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)"
     log = "\n".join(messages)
-    assert "3 input(s) failed, 4 drawn" in log and f"{inputs / 'huge.png'}: ValueError: 13000 x 13000" in log
+    assert "4 input(s) failed, 4 drawn" in log and f"{inputs / 'huge.png'}: ValueError: 13000 x 13000" in log
 
-    drawings = {name: cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
-                for name in sorted(os.listdir(tmp_path / "out"))}
+    assert os.listdir(tmp_path / "out") == ["in"]  # paths kept relative to the inputs' common folder
+    drawings = {name: cv2.imread(str(tmp_path / "out" / "in" / name), cv2.IMREAD_UNCHANGED)
+                for name in sorted(os.listdir(tmp_path / "out" / "in"))}
     assert {name: d.shape for name, d in drawings.items()} == {
         "gray.png": (640, 512, 3), "large.png": (1707, 2048, 3), "one_pixel.png": (512, 512, 3),
         "rgba.png": (341, 512, 3),

@@ -51,10 +51,15 @@ def output_paths(paths, output_dir):
 
 def read_image(path, max_megapixels):
     """The image as BGR uint8 (cv2.IMREAD_COLOR: gray to colour, alpha dropped), its size checked from the header."""
+    hint = " (a video? use --video-input)" if os.path.splitext(path)[1].lower() in VIDEO_CODECS else ""
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # PIL's own "decompression bomb" refusal: --max-megapixels decides here
     try:
         width, height = read_image_size(path)
+    except OSError as e:
+        if hint:
+            raise OSError(f"{e}{hint}") from e
+        raise
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if width * height > max_megapixels * 1e6:
@@ -66,7 +71,6 @@ def read_image(path, max_megapixels):
         )
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        hint = " (a video? use --video-input)" if os.path.splitext(path)[1].lower() in VIDEO_CODECS else ""
         raise OSError(f"cannot read the image (missing, not an image, or damaged){hint}")
     return image
 

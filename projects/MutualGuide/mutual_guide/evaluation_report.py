@@ -148,7 +148,7 @@ def write_evaluation_report(folder, dataset_name, results, confusion, score_thre
     from .report_plots import plot_confusion_matrix, plot_pr_curves  # matplotlib only when a report is drawn
 
     os.makedirs(folder, exist_ok=True)
-    logger.info(f"Per-class results on {dataset_name} ({results.metric}), also in {folder}:\n"
+    logger.info(f"Per-class results on {dataset_name}, {results.metric}; also in {folder}:\n"
                 f"{per_class_table(results)}")
     labels = list(results.names) + ["background"]
     report = {
