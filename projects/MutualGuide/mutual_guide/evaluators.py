@@ -124,10 +124,9 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
     def _write_report(self, aps, curves, predictions, truth):
         """The report of evaluation_report.py, from the per-class APs and curves the metric was made of."""
         per_class = np.array([aps[thresh] for thresh in _IOU_THRESHOLDS])  # thresholds x classes
-        num_ground_truth = np.array([
-            sum(int((~difficult[classes == k]).sum()) for _, classes, difficult in truth.values())
-            for k in range(len(self._class_names))
-        ])
+        counted = [classes[~difficult] for _, classes, difficult in truth.values()]
+        num_ground_truth = np.bincount(np.concatenate(counted or [np.zeros(0, np.int64)]),
+                                       minlength=len(self._class_names))
         results = ClassResults(
             names=list(self._class_names),
             ap={"AP": per_class.mean(axis=0), "AP50": np.array(aps[50]), "AP75": np.array(aps[75])},
@@ -141,7 +140,8 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
                    f"({'11-point AP' if self._is_2007 else 'area under the curve'})",
         )
         confusion = confusion_matrix(
-            _voc_images(predictions, truth), len(self._class_names), 0.5, self._report_score_thresh
+            _voc_images(predictions, truth, self._report_score_thresh), len(self._class_names), 0.5,
+            self._report_score_thresh,
         )
         write_evaluation_report(self._report_dir, self._dataset_name, results, confusion, self._report_score_thresh)
 
@@ -236,12 +236,17 @@ def voc_class_ap(lines, truth, cls_id, use_07_metric):
     return aps, curve
 
 
-def _voc_images(predictions, truth):
-    """confusion_matrix's input per image: every class's detection lines against the image's ground truth."""
+def _voc_images(predictions, truth, score_thresh):
+    """
+    confusion_matrix's input per image: the detection lines of every class scoring at least `score_thresh`
+    (the others would be left out anyway) against the image's ground truth.
+    """
     per_image = defaultdict(lambda: ([], [], []))  # image id -> classes, scores, boxes
     for cls_id, lines in predictions.items():
         image_ids, scores, boxes = _parse_lines(lines)
         for image_id, score, box in zip(image_ids, scores, boxes):
+            if score < score_thresh:
+                continue
             per_image[image_id][0].append(cls_id)
             per_image[image_id][1].append(score)
             per_image[image_id][2].append(box)
@@ -311,15 +316,16 @@ class COCOEvaluatorWithConvention(COCOEvaluator):
         ap = {"AP": valid.mean(axis=(0, 1)) * 100, "AP50": at_iou[0.5].mean(axis=0) * 100,
               "AP75": at_iou[0.75].mean(axis=0) * 100}
         truth = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=img_ids)) if not _coco_ignored(a)]
-        counts = np.bincount([cat_ids.index(a["category_id"]) for a in truth], minlength=len(cat_ids))
+        contiguous = {cat_id: k for k, cat_id in enumerate(cat_ids)}
+        counts = np.bincount([contiguous[a["category_id"]] for a in truth], minlength=len(cat_ids))
         results = ClassResults(
             names=names, ap=ap, num_ground_truth=counts,
             precision=at_iou[0.5].T, mean_over="defined",
             metric="COCO metric (pycocotools, 101-point AP, 100 detections per image)",
         )
         dt = coco_eval.cocoDt if coco_eval is not None else None
-        confusion = confusion_matrix(_coco_images(gt, dt, img_ids, cat_ids), len(cat_ids), 0.5,
-                                     self._report_score_thresh)
+        confusion = confusion_matrix(_coco_images(gt, dt, img_ids, contiguous, self._report_score_thresh),
+                                     len(cat_ids), 0.5, self._report_score_thresh)
         write_evaluation_report(self._report_dir, self._dataset_name, results, confusion, self._report_score_thresh)
 
 
@@ -329,16 +335,21 @@ def _coco_ignored(ann):
     return bool(ann.get("iscrowd", 0))
 
 
-def _coco_images(gt, dt, img_ids, cat_ids):
-    """confusion_matrix's input per image, with the IoU pycocotools measures (crowd boxes: over the detection)."""
+def _coco_images(gt, dt, img_ids, contiguous, score_thresh):
+    """
+    confusion_matrix's input per image: the detections scoring at least `score_thresh`, with the IoU
+    pycocotools measures (crowd boxes: over the detection); `contiguous` maps the json's category ids to class
+    indices.
+    """
     for img_id in img_ids:
-        gts = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=[img_id])) if a["category_id"] in cat_ids]
+        gts = [a for a in gt.loadAnns(gt.getAnnIds(imgIds=[img_id])) if a["category_id"] in contiguous]
         dts = dt.loadAnns(dt.getAnnIds(imgIds=[img_id])) if dt is not None else []
+        dts = [d for d in dts if d["score"] >= score_thresh]
         ious = mask_util.iou([d["bbox"] for d in dts], [g["bbox"] for g in gts], [_coco_ignored(g) for g in gts])
         yield {
-            "pred_classes": [cat_ids.index(d["category_id"]) for d in dts],
+            "pred_classes": [contiguous[d["category_id"]] for d in dts],
             "pred_scores": [d["score"] for d in dts],
-            "gt_classes": [cat_ids.index(g["category_id"]) for g in gts],
+            "gt_classes": [contiguous[g["category_id"]] for g in gts],
             "gt_ignore": [_coco_ignored(g) for g in gts],
             "ious": np.asarray(ious, dtype=np.float64).reshape(len(dts), len(gts)),
         }
