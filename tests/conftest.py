@@ -140,3 +140,27 @@ def logged():
     for logger, handler, level in attached:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every Visualizer.overlay_instances call's boxes (drawing's pixels), labels and label heights (drawing's
+    pixels), for the rest of the test."""
+    import numpy as np
+    from detectron2.utils.visualizer import Visualizer
+
+    calls = []
+    overlay, draw_text = Visualizer.overlay_instances, Visualizer.draw_text
+
+    def spy_overlay(self, *, boxes=None, labels=None, **kwargs):
+        calls.append({"boxes": np.asarray(boxes) * self.output.scale, "labels": list(labels), "text_px": []})
+        return overlay(self, boxes=boxes, labels=labels, **kwargs)
+
+    def spy_text(self, text, position, *, font_size=None, **kwargs):
+        # matplotlib sizes text in points at the figure's dpi; the Visualizer multiplies by its scale
+        calls[-1]["text_px"].append((font_size or self._default_font_size) * self.output.scale * self.output.dpi / 72)
+        return draw_text(self, text, position, font_size=font_size, **kwargs)
+
+    monkeypatch.setattr(Visualizer, "overlay_instances", spy_overlay)
+    monkeypatch.setattr(Visualizer, "draw_text", spy_text)
+    return calls

@@ -10,7 +10,6 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.visualizer import Visualizer
 
 from conftest import ROOT
 from mutual_guide import add_mutual_guide_config
@@ -32,26 +31,6 @@ def shapes(tmp_path_factory):
     info = make_synthetic_dataset(str(root), fmt="coco", num_train=4, num_test=1, image_size=128, seed=4,
                                   name="bshapes")
     return ["DATASETS.CUSTOM", str(info["custom_specs"]), "DATASETS.TRAIN", "('bshapes_train',)"]
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    """Every overlay_instances call's boxes (drawing's pixels), labels and label heights (drawing's pixels)."""
-    calls = []
-    overlay, draw_text = Visualizer.overlay_instances, Visualizer.draw_text
-
-    def spy_overlay(self, *, boxes=None, labels=None, **kwargs):
-        calls.append({"boxes": np.asarray(boxes) * self.output.scale, "labels": list(labels), "text_px": []})
-        return overlay(self, boxes=boxes, labels=labels, **kwargs)
-
-    def spy_text(self, text, position, *, font_size=None, **kwargs):
-        # matplotlib sizes text in points at the figure's dpi; the Visualizer multiplies by its scale
-        calls[-1]["text_px"].append((font_size or self._default_font_size) * self.output.scale * self.output.dpi / 72)
-        return draw_text(self, text, position, font_size=font_size, **kwargs)
-
-    monkeypatch.setattr(Visualizer, "overlay_instances", spy_overlay)
-    monkeypatch.setattr(Visualizer, "draw_text", spy_text)
-    return calls
 
 
 def check_readable(call, image_path, min_width=512):

@@ -16,22 +16,17 @@ import os
 import sys
 
 import cv2
-import numpy as np
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.structures import BoxMode
-from detectron2.utils.colormap import colormap
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.visualizer import Visualizer
 
 import mutual_guide
 from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
 from mutual_guide.data.mapper import read_image_checked
-
-PALETTE = colormap(rgb=True, maximum=1)  # detectron2's 74 distinct colours, one per class id
-
+from mutual_guide.drawing import draw_boxes
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,24 +49,6 @@ def setup_cfg(args):
     cfg.freeze()
     register_custom_datasets(cfg)
     return cfg
-
-
-def draw(image_rgb, boxes, classes, metadata, min_width):
-    """
-    The boxes (XYXY, the image's pixels) and class names on the image, enlarged to at least `min_width` pixels
-    wide, one colour per class; returns the drawing (RGB).
-    """
-    names = metadata.get("thing_classes", None)
-    labels = [names[c] if names is not None else str(c) for c in classes]
-    scale = max(1.0, min_width / image_rgb.shape[1])
-    visualizer = Visualizer(image_rgb, metadata, scale=scale)
-    # The Visualizer's base font, in the image's pixels, is max(sqrt(H * W) // 90, 10 // scale): it shrinks as
-    # the scale grows, to 8 points on a 128-pixel image drawn 4x. At least 14 points on the drawing instead; a
-    # label is drawn at 0.6 to 1 times this, growing with its box, so it stays smaller than the object it names.
-    visualizer._default_font_size = max(visualizer._default_font_size, 14 / scale)
-    colours = [PALETTE[c % len(PALETTE)] for c in classes]
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return visualizer.overlay_instances(boxes=boxes, labels=labels, assigned_colors=colours).get_image()
 
 
 def as_loaded(record, image_format="RGB"):
@@ -103,7 +80,7 @@ def browse(cfg, dataset_names, output_dir, augmented=False, max_images=100, seed
         for record in records[: max_images or None]:
             image, boxes, classes = as_augmented(record, mapper, cfg.INPUT.FORMAT) if augmented else as_loaded(record)
             path = os.path.join(folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".jpg")
-            cv2.imwrite(path, draw(image, boxes, classes, metadata, min_width)[:, :, ::-1])
+            cv2.imwrite(path, draw_boxes(image, boxes, classes, metadata, min_width=min_width)[:, :, ::-1])
             written.append(path)
         print(f"[browse] {min(len(records), max_images or len(records))} drawings of {name} in {folder}")
     return written

@@ -5,7 +5,8 @@
 1. writes the "shapes" dataset (circles, squares, triangles on varied backgrounds) in COCO-json layout;
 2. declares it through DATASETS.CUSTOM, exactly as a user declares their own data;
 3. trains a small Mutual Guidance detector (configs/demo_shapes.yaml) with train_net.py's Trainer;
-4. evaluates it with Detectron2's COCOEvaluator and draws the test images with the Visualizer;
+4. evaluates it with Detectron2's COCOEvaluator (per-class table, precision-recall curves and confusion
+   matrix in <output-dir>/eval/shapes_test/) and draws the test images with the Visualizer;
 5. prints the metrics table and where everything is.
 """
 import argparse
@@ -79,6 +80,9 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
         print_csv_format(results)
         drawn = sorted(glob.glob(os.path.join(draw_dir, "*.jpg")))
         print(f"[demo] {len(drawn)} drawings in {draw_dir} (e.g. {drawn[0] if drawn else '-'})")
+        report = [os.path.join(output_dir, "eval", "shapes_test", f)
+                  for f in ("per_class.json", "pr_curve.png", "confusion_matrix.png")]
+        print(f"[demo] per-class AP, precision-recall curves and confusion matrix of the test set: {', '.join(report)}")
         print(f"[demo] metrics.json, TensorBoard events and checkpoints in {output_dir}")
         print(f"[demo] total time {time.time() - started:.0f} s")
     return results

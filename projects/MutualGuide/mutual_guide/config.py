@@ -97,7 +97,8 @@ def add_mutual_guide_config(cfg):
 
     # ---------------------------------------------------------------- evaluation and drawing
     _C.TEST.DRAW = False  # draw predictions of an evaluation run into OUTPUT_DIR/draw/<dataset>/
-    _C.TEST.DRAW_SCORE_THRESH = 0.3  # predictions drawn from this score
+    # predictions drawn from this score (TEST.DRAW), and counted in the confusion matrix of OUTPUT_DIR/eval/<dataset>/
+    _C.TEST.DRAW_SCORE_THRESH = 0.3
     # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
     _C.TEST.BEST_METRIC = "bbox/AP50"
     return cfg
