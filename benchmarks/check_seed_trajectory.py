@@ -2,10 +2,17 @@
 Trajectory parity: the seed's model, optimiser, LR rule and loss (main.py at fd2c4cc, re-created in
 seed_loop.py around its modules) against what train_net.Trainer builds (build_model, build_optimizer,
 build_lr_scheduler, detectron2's SimpleTrainer.run_step and the LR hook's scheduler.step), from the same
-weights, on the same batches with augmentation off. Prints, per step, the LR each side used and both losses,
-and after the last step the largest difference of every parameter and BatchNorm buffer.
+weights, on the same batches with augmentation off.
 
     .venv/bin/python benchmarks/check_seed_trajectory.py --seed-repo /tmp/seed [--steps 50] [--iou]
+
+1. Replay: before every step ours is given the seed's weights, BatchNorm statistics and momentum buffers; both
+   take the step; compared: the LR each used, both losses, the parameter update (|ours - seed| / |seed's
+   update|, L2 over all parameters) and the BatchNorm statistics update. This pins the LR rule, the parameter
+   groups and weight decay, momentum, BatchNorm and the loss at every step, to float tolerance.
+2. Free run: both trajectories left to themselves, beside the seed run from weights moved by a relative 1e-7.
+   Training from scratch is chaotic: the seed against itself drifts apart by about 1e-2 within a few steps, so a
+   free run can only be expected to drift as much as that control does, not to agree to float tolerance.
 
 Batches: our mapper with INPUT.MG_AUGMENT False (resize to S x S, cv2.INTER_LINEAR) on the generated shapes
 dataset; the seed gets the same uint8 image minus its mean and the same boxes divided by S, labels + 1.
