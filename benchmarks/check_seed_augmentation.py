@@ -283,7 +283,9 @@ def main():
     random.seed(0)
     np.random.seed(0)
 
-    inputs = ci_input() if args.ci_input else ci_input() + (voc_inputs(args.voc_mini) if os.path.isdir(args.voc_mini) else [])
+    inputs = ci_input()
+    if not args.ci_input and os.path.isdir(args.voc_mini):
+        inputs += voc_inputs(args.voc_mini)
     worst_pixel = max(exact_colour_check(data_augment, image) for _, image, _ in inputs)
     print(f"colour distortion with the same drawn values: largest pixel difference ours vs seed = {worst_pixel}")
 

@@ -12,8 +12,9 @@ checkpointer), for one assignment. Prints AP, AP50, AP75 of both.
         --side both --iters 400 --batch 16 --lr 0.04 --warmup 50 --size 128
 
 --data is a COCO-json folder: annotations/{train,test}.json and images/. Training images without objects are
-left out on both sides (the seed's loop cannot train on them: its dummy box gives NaN losses). --side seed|ours|both lets the two
-trainings run as two processes at once (each with --threads); --eval-only re-scores what OUTPUT holds.
+left out on both sides (the seed's loop cannot train on them: its dummy box gives NaN losses).
+--side seed|ours|both lets the two trainings run as two processes at once (each with --threads); --eval-only
+re-scores what OUTPUT holds.
 Everything starts from scratch (no ImageNet weights): nothing is downloaded.
 """
 import argparse
@@ -76,7 +77,8 @@ def run(cmd, log, threads):
 def train_ours(args, out, num_classes):
     opts = common_opts(args, num_classes) + [
         # the images without objects are left out on both sides (see train_seed)
-        "DATASETS.TEST", "()", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "True", "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.BASE_LR", str(args.lr),
+        "DATASETS.TEST", "()", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "True",
+        "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.BASE_LR", str(args.lr),
         "SOLVER.MAX_ITER", str(args.iters), "SOLVER.WARMUP_ITERS", str(args.warmup),
         "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATALOADER.NUM_WORKERS", str(args.workers),
         "SEED", str(args.seed), "OUTPUT_DIR", out,

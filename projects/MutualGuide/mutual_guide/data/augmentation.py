@@ -100,7 +100,8 @@ class PhotometricTransform(Transform):
         if self.hue is not None or self.saturation is not None:
             hue = (np.arange(256) + (self.hue or 0)) % 180
             saturation = truncating_lut(alpha=1.0 if self.saturation is None else self.saturation)
-            hsv = cv2.LUT(hsv, np.stack([hue.astype(np.uint8), saturation, np.arange(256, dtype=np.uint8)], -1)[:, None])
+            value = np.arange(256, dtype=np.uint8)
+            hsv = cv2.LUT(hsv, np.stack([hue.astype(np.uint8), saturation, value], axis=-1)[:, None])
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
     def apply_coords(self, coords):
