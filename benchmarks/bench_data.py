@@ -97,10 +97,11 @@ def ours_seconds_per_iteration(args, workers, out):
         "SOLVER.WARMUP_ITERS", "5", "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATALOADER.NUM_WORKERS", str(workers),
         "OUTPUT_DIR", out,
     ]
-    text = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", "configs/Base-MutualGuide.yaml", *opts], cwd=ROOT,
         capture_output=True, text=True, check=True,
-    ).stderr
+    )
+    text = done.stdout + done.stderr
     # detectron2's IterationTimer: "Overall training speed: N iterations in H:MM:SS (X s / it)", first 3 left out
     return float(re.search(r"Overall training speed: .*\(([\d.]+) s / it\)", text).group(1))
 
