@@ -14,6 +14,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -45,6 +47,7 @@ from mutual_guide.engine import (
     create_ddp_model_any_device,
     load_imagenet_backbone,
 )
+from mutual_guide.solver import build_lr_scheduler
 
 
 class Trainer(DefaultTrainer):
@@ -119,11 +122,21 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """The checked records of DATASETS.TRAIN, in DATASETS.BOX_CONVENTION (mutual_guide/data/loading.py)."""
+        # detectron2's loader passes extra keywords on to torch's DataLoader; pinning needs a CUDA device.
+        pin_memory = cfg.DATALOADER.PIN_MEMORY and cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
         loader = build_detection_train_loader(
-            cfg, dataset=training_dataset_dicts(cfg), mapper=MutualGuideDatasetMapper(cfg, is_train=True)
+            cfg,
+            dataset=training_dataset_dicts(cfg),
+            mapper=MutualGuideDatasetMapper(cfg, is_train=True),
+            pin_memory=pin_memory,
         )
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         return loader
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """The seed's warm-up and cosine ("WarmupCosineFloorLR", mutual_guide/solver.py) or detectron2's."""
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -63,10 +63,25 @@ def add_mutual_guide_config(cfg):
     # ---------------------------------------------------------------- input and augmentation
     _C.INPUT.SIZE = 320  # square input side (multiple of 64); 4 pyramid levels below 512, 5 from 512
     _C.INPUT.FORMAT = "BGR"
-    _C.INPUT.MG_AUGMENT = True  # the paper's SSD-style train-time augmentation; False: resize only
-    _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out expansion up to this ratio
-    _C.INPUT.EXPAND_PROB = 0.6
-    _C.INPUT.MIN_BOX_SIDE_RATIO = 0.01  # drop boxes whose shorter side falls under this fraction of the image
+    # The seed's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,
+    # mirror, resize with a random OpenCV interpolation. False: resize only (cv2.INTER_LINEAR).
+    _C.INPUT.MG_AUGMENT = True
+    _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out canvas area up to this ratio squared (scale 1 to this ratio)
+    _C.INPUT.EXPAND_PROB = 0.6  # probability of the zoom-out
+    # After augmentation a box is kept when its shorter side is more than this fraction of the image side.
+    _C.INPUT.MIN_BOX_SIDE_RATIO = 0.01
+    # Hue shift of the colour distortion, in units of OpenCV's uint8 hue channel (0-180, 2 degrees a unit): the
+    # seed adds an integer in [-18, 18], i.e. up to 36 degrees.
+    _C.INPUT.HUE_DELTA = 18
+    # Crowd annotations (iscrowd=1) train as objects of their class, as the seed's COCO loader reads them
+    # (getAnnIds with iscrowd=None); False leaves them out of training, as detectron2's mappers do.
+    _C.INPUT.TRAIN_CROWD_BOXES = True
+
+    # ---------------------------------------------------------------- data loading
+    # Square inputs need no aspect grouping, and the seed batches images in random order without it.
+    _C.DATALOADER.ASPECT_RATIO_GROUPING = False
+    # Page-locked training batches (faster host-to-GPU copies); used only when MODEL.DEVICE is a CUDA device.
+    _C.DATALOADER.PIN_MEMORY = True
 
     # ---------------------------------------------------------------- datasets
     # Datasets declared without code. Each entry is a string "name:format:key=value;key=value":
@@ -82,8 +97,8 @@ def add_mutual_guide_config(cfg):
     _C.DATALOADER.SKIP_BAD_IMAGES = False
 
     # ---------------------------------------------------------------- solver (the paper's schedule)
+    # SGD, momentum 0.9, weight decay 5e-4 except on biases and norm layers (the seed's `tencent_trick`).
     _C.SOLVER.OPTIMIZER = "SGD"
-    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
     _C.SOLVER.BASE_LR = 0.01
     _C.SOLVER.MOMENTUM = 0.9
     _C.SOLVER.WEIGHT_DECAY = 5e-4
@@ -91,6 +106,11 @@ def add_mutual_guide_config(cfg):
     _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
     _C.SOLVER.BIAS_LR_FACTOR = 1.0
     _C.SOLVER.IMS_PER_BATCH = 32
+    # The seed's rule (solver.py): linear warm-up from BASE_LR_END to BASE_LR over WARMUP_ITERS, then cosine
+    # from BASE_LR to BASE_LR_END over the remaining iterations; WARMUP_FACTOR and RESCALE_INTERVAL are not
+    # read by it. detectron2's names (e.g. "WarmupCosineLR") still work.
+    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineFloorLR"
+    _C.SOLVER.BASE_LR_END = 1e-6
     _C.SOLVER.WARMUP_ITERS = 500
     _C.SOLVER.WARMUP_FACTOR = 1e-3
     _C.SOLVER.WARMUP_METHOD = "linear"
