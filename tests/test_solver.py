@@ -48,6 +48,13 @@ def test_lr_follows_the_seed_formula(base_lr):
     assert at[599].pop() == pytest.approx(1e-6 + (base_lr - 1e-6) * 0.5 * (1 + math.cos(499 * math.pi / 500)))
 
 
+def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line():
+    cfg = make_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = 0.01, 500, 20
+    for i, lrs in lrs_of(cfg, [0, 1, 10, 19]).items():
+        assert lrs.pop() == pytest.approx(seed_lr(0.01, i, 500, 20), rel=1e-9), i
+
+
 def test_detectron2_schedulers_still_available():
     cfg = make_cfg()
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
@@ -57,7 +64,7 @@ def test_detectron2_schedulers_still_available():
 
 @pytest.mark.parametrize(
     "key, value, message",
-    [("BASE_LR_END", 0.02, "BASE_LR_END"), ("WARMUP_ITERS", 600, "WARMUP_ITERS")],
+    [("BASE_LR_END", 0.02, "BASE_LR_END"), ("WARMUP_ITERS", -1, "WARMUP_ITERS")],
 )
 def test_bad_schedule_is_refused_naming_the_key(key, value, message):
     cfg = make_cfg()

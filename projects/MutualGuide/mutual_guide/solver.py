@@ -17,7 +17,7 @@ Parameter groups and weight decay need nothing of ours: detectron2's `get_defaul
 WEIGHT_DECAY_NORM = WEIGHT_DECAY_BIAS = 0 gives exactly the seed's `tencent_trick` groups (no decay on 1-D
 tensors and biases) for every backbone and neck of this project; tests/test_solver.py checks that.
 """
-from fvcore.common.param_scheduler import CosineParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
 
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.solver import build_lr_scheduler as build_detectron2_lr_scheduler
@@ -39,12 +39,14 @@ def build_lr_scheduler(cfg, optimizer):
             f"{PAPER_LR_SCHEDULER} needs 0 <= SOLVER.BASE_LR_END <= SOLVER.BASE_LR, got BASE_LR_END={floor} "
             f"and BASE_LR={base}"
         )
-    if not 0 <= warm < max_iter:
-        raise ValueError(
-            f"{PAPER_LR_SCHEDULER} needs 0 <= SOLVER.WARMUP_ITERS < SOLVER.MAX_ITER, got WARMUP_ITERS={warm} "
-            f"and MAX_ITER={max_iter}"
-        )
+    if warm < 0:
+        raise ValueError(f"{PAPER_LR_SCHEDULER} needs SOLVER.WARMUP_ITERS >= 0, got {warm}")
     floor_factor = floor / base
+    if warm >= max_iter:
+        # A run shorter than its warm-up (a smoke test, say) stays on the seed's warm-up line, as main.py would:
+        # lr(i) = floor + (base - floor) * i / warm for every i < max_iter.
+        reached = floor_factor + (1.0 - floor_factor) * max_iter / warm if warm else 1.0
+        return LRMultiplier(optimizer, multiplier=LinearParamScheduler(floor_factor, reached), max_iter=max_iter)
     schedule = WarmupParamScheduler(
         CosineParamScheduler(1.0, floor_factor),
         warmup_factor=floor_factor,
