@@ -28,5 +28,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train_step.py $(if $(SEED_REPO),--seed-repo $(SEED_REPO))
 	$(PY) benchmarks/bench_inference.py
 
+# Only what `make demo` and `make test` write: the demo's run and Python's caches. Training runs in output/<run>/
+# and .venv/ stay.
 clean:
-	rm -rf output
+	rm -rf output/demo .pytest_cache
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -1,81 +1,269 @@
 #!/usr/bin/env python
 """
-Draw a trained detector's predictions on images with detectron2's Visualizer.
+Draw a trained detector's predictions on images, a video or a webcam, with detectron2's Visualizer.
 
-    python demo.py --config-file configs/mg_vgg16_fpn_voc.yaml --input 'photos/*.jpg' --output drawn/ \
-        --confidence-threshold 0.3 --opts MODEL.WEIGHTS output/mg_vgg16_fpn_voc/model_final.pth
+    python demo.py --config-file configs/mg_vgg16_fpn_voc.yaml --input 'photos/*.jpg' --output drawn/ \\
+        --json drawn/predictions.json --opts MODEL.WEIGHTS output/mg_vgg16_fpn_voc/model_final.pth
+    python demo.py --config-file ... --video-input clip.mp4 --output drawn/clip.mp4 --opts MODEL.WEIGHTS ...
+    python demo.py --config-file ... --webcam --output webcam.mp4 --max-frames 300 --opts MODEL.WEIGHTS ...
 
---input takes image files, folders (every image inside) and quoted globs. Class names come from the first
-dataset in DATASETS.TEST (register custom ones with DATASETS.CUSTOM, see the README).
+--input takes image files, folders (every image inside) and quoted globs; each drawing keeps its input's path
+relative to the inputs' common folder under --output. A video's drawing is written with cv2.VideoWriter to
+--output when it ends in .mp4 or .avi, else to <--output>/<video name>.mp4. Class names come from --dataset
+or the config's first DATASETS.TEST (any registered or DATASETS.CUSTOM dataset). --json saves every
+prediction drawn (file, frame for videos, box XYXY in the original image's pixels, score, class id and name).
+
+Drawings are at least 512 pixels wide and at most 2048 on their longest side (mutual_guide/drawing.py).
+Grayscale and palette images are converted to colour, an alpha channel is dropped. An image over
+--max-megapixels (default 150; a 12000 x 12000 photo is 144 megapixels, 0.4 GB decoded, and took the demo
+to 1.7 GB at its peak, against 0.9 GB on a small image) is refused from its header, before decoding. A file that cannot be used is reported with
+the reason and the others are still drawn; the exit status is 1 when any input failed. Without MODEL.WEIGHTS
+the demo refuses to run unless --allow-random-weights is given.
 """
 import argparse
-import glob
+import json
 import logging
+import math
 import os
 import sys
 
 import cv2
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 from mutual_guide import add_mutual_guide_config
+from mutual_guide.atomic_io import AtomicFile
 from mutual_guide.data import register_custom_datasets
+from mutual_guide.data.coco_reader import read_coco_dataset
+from mutual_guide.demo_inputs import VIDEO_CODECS, expand_inputs, output_paths, read_image, video_output
 from mutual_guide.drawing import draw_predictions
+from mutual_guide.engine import check_num_classes
 from mutual_guide.predictor import MutualGuidePredictor
+from mutual_guide.preflight import check_config
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_FPS = 25.0  # when the source does not say (webcams often report 0)
 
-
-def expand_inputs(patterns):
-    """Image paths from files, folders and globs, in a stable order; an input matching nothing is an error."""
-    paths = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))]
-            found = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
-        else:
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image file")
-        paths.extend(found)
-    return paths
+logger = logging.getLogger("demo")
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description="Mutual Guidance detector demo")
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or quoted globs")
-    parser.add_argument("--output", required=True, help="folder for the drawings (created if needed)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, folders or quoted globs")
+    source.add_argument("--video-input", metavar="FILE", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="the first camera (cv2.VideoCapture(0))")
+    parser.add_argument("--output", required=True,
+                        help="folder for the drawings (created if needed); for a video, a .mp4/.avi file or a folder")
+    parser.add_argument("--dataset", metavar="NAME", help="where class names come from (default: DATASETS.TEST[0])")
+    parser.add_argument("--json", metavar="FILE", help="save every prediction drawn into this JSON file")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
+    parser.add_argument("--max-megapixels", type=float, default=150.0,
+                        help="larger images are refused before decoding (default 150)")
+    parser.add_argument("--max-frames", type=int, default=0, help="stop a video or the webcam after so many frames")
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="run without MODEL.WEIGHTS (an untrained network's boxes); refused otherwise",
+    )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
 
 
+def class_metadata(cfg, dataset_name=None):
+    """
+    The metadata of `dataset_name` (else DATASETS.TEST[0]) with its class names, or None (class ids are drawn).
+    A COCO json's names are in its "categories", which the readers only put into the metadata when they read
+    the whole dataset (so a demo that never reads it drew class ids): they are read here from the json.
+    """
+    name = dataset_name or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+    if name is None or name not in DatasetCatalog.list():
+        if dataset_name:
+            raise ValueError(f"--dataset {dataset_name!r} is not a registered dataset; declare it in DATASETS.CUSTOM "
+                             f"(see the README) or name one of: {', '.join(sorted(DatasetCatalog.list()))}")
+        logger.warning(f"No registered dataset to take class names from (DATASETS.TEST: {tuple(cfg.DATASETS.TEST)}):"
+                       " class ids are drawn. Name one with --dataset.")
+        return None
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("thing_classes", None) is None and metadata.get("json_file", None):
+        _, problems, found = read_coco_dataset(metadata.json_file, metadata.get("image_root", ""))
+        if not found:
+            raise ValueError(f"Dataset {name!r}: no class names in {metadata.json_file}: {problems[0].message}")
+        metadata.set(**found)
+    elif metadata.get("thing_classes", None) is None:
+        DatasetCatalog.get(name)  # a loader of its own (user code) sets them, as detectron2's do
+    try:
+        check_num_classes(cfg, [name])
+    except ValueError as e:
+        raise ValueError(f"{e}, or name the dataset your classes come from with --dataset") from None
+    return metadata
+
+
+def prediction_records(file_name, instances, metadata, threshold, frame=None):
+    """--json entries of the predictions scoring at least `threshold`, boxes in the original image's pixels."""
+    instances = instances[instances.scores >= threshold]
+    names = metadata.get("thing_classes", None) if metadata is not None else None
+    records = []
+    for box, score, cls in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(),
+                               instances.pred_classes.tolist()):
+        record = {"file": file_name} if frame is None else {"file": file_name, "frame": frame}
+        record.update(box_xyxy=[round(v, 2) for v in box], score=round(score, 5), class_id=cls,
+                      class_name=names[cls] if names is not None else None)
+        records.append(record)
+    return records
+
+
+class Demo:
+    """Predicts, draws and collects the --json records of images and video frames; failures are kept."""
+
+    def __init__(self, cfg, args, metadata):
+        self.predictor = MutualGuidePredictor(cfg)
+        self.args, self.metadata = args, metadata
+        self.predictions, self.inputs, self.failures = [], [], []
+
+    def draw(self, image, file_name, frame=None):
+        """(the drawing, how many predictions it shows)"""
+        instances = self.predictor(image).to("cpu")
+        shown = prediction_records(file_name, instances, self.metadata, self.args.confidence_threshold, frame)
+        self.predictions += shown
+        return draw_predictions(image, instances, self.metadata, self.args.confidence_threshold), len(shown)
+
+    def fail(self, source, error):
+        why = f"{type(error).__name__}: {error}"
+        self.failures.append((source, why))
+        logger.error(f"{source}: {why}")
+
+    def images(self, patterns, output_dir):
+        paths, failures = expand_inputs(patterns)
+        self.failures += failures
+        inputs = {os.path.abspath(p) for p in paths}
+        for path, out in zip(paths, output_paths(paths, output_dir)):
+            try:
+                if os.path.abspath(out) in inputs:
+                    raise ValueError(f"its drawing would overwrite an input ({out}): choose another --output")
+                image = read_image(path, self.args.max_megapixels)
+                drawing, shown = self.draw(image, path)
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                if not cv2.imwrite(out, drawing):
+                    raise OSError(f"cannot write the drawing to {out}")
+            except Exception as e:  # one bad file must not stop the others; all are reported at the end
+                self.fail(path, e)
+                continue
+            height, width = image.shape[:2]
+            self.inputs.append({"file": path, "width": width, "height": height})
+            logger.info(f"{path} ({width} x {height}): {shown} detections >= {self.args.confidence_threshold} -> "
+                        f"{out} ({drawing.shape[1]} x {drawing.shape[0]})")
+        return len(self.inputs)
+
+    def video(self, capture, source, out):
+        """Every frame of an opened cv2.VideoCapture drawn into the video `out`; returns the frames drawn."""
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        writer, frames, size = None, 0, None
+        try:
+            while not self.args.max_frames or frames < self.args.max_frames:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                drawing, _ = self.draw(frame, source, frames)
+                # encoders want even sides (FFmpeg's mp4v wrote a 341-row drawing as 340 rows): one row or
+                # column repeated
+                drawing = cv2.copyMakeBorder(drawing, 0, drawing.shape[0] % 2, 0, drawing.shape[1] % 2,
+                                             cv2.BORDER_REPLICATE)
+                if writer is None:
+                    size = frame.shape[:2]
+                    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+                    fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[os.path.splitext(out)[1].lower()])
+                    writer = cv2.VideoWriter(out, fourcc, fps, (drawing.shape[1], drawing.shape[0]))
+                    if not writer.isOpened():
+                        raise OSError(f"cv2.VideoWriter cannot write {out}")
+                writer.write(drawing)
+                frames += 1
+                if frames % 50 == 0:
+                    logger.info(f"{source}: {frames} frames drawn")
+        except KeyboardInterrupt:  # the way to stop a webcam: the video so far is kept
+            logger.info(f"{source}: interrupted after {frames} frames")
+        finally:
+            capture.release()
+            if writer is not None:
+                writer.release()
+        if frames == 0:
+            raise OSError("no frame could be read (empty, damaged, or a codec OpenCV lacks)")
+        self.inputs.append({"file": source, "frames": frames, "width": size[1], "height": size[0]})
+        logger.info(f"{source}: {frames} frames at {fps:g} fps -> {out}")
+        return frames
+
+
+def run_video(demo, args):
+    source = args.video_input if args.video_input else "webcam:0"
+    try:
+        out = video_output(args.output, source if args.video_input else "webcam")
+        if args.video_input:
+            if os.path.abspath(out) == os.path.abspath(args.video_input):
+                raise ValueError(f"the drawing would overwrite the input video ({out}): choose another --output")
+            capture = cv2.VideoCapture(args.video_input)
+            if not capture.isOpened():
+                raise OSError("cannot open the video (missing, not a video, or a codec OpenCV lacks)")
+        else:
+            capture = cv2.VideoCapture(0)
+            if not capture.isOpened():
+                raise OSError("no camera could be opened (cv2.VideoCapture(0)): is one connected, and free?")
+        return demo.video(capture, source, out)
+    except Exception as e:
+        demo.fail(source, e)
+        return 0
+
+
+def write_json(path, demo, cfg, args):
+    """Everything --json promises, written atomically: the file appears whole or not at all."""
+    names = demo.metadata.get("thing_classes", None) if demo.metadata is not None else None
+    content = {
+        "config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS, "classes": names,
+        "confidence_threshold": args.confidence_threshold, "inputs": demo.inputs,
+        "failed": [{"file": source, "error": why} for source, why in demo.failures],
+        "predictions": demo.predictions,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with AtomicFile(path, "w") as f:
+        json.dump(content, f, indent=1)
+    logger.info(f"{len(demo.predictions)} predictions of {len(demo.inputs)} input(s) saved to {path}")
+
+
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    """Draw every input; returns how many images (or frames) were drawn, or exits with status 1 after the
+    report if any input failed."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
     setup_logger(name="mutual_guide")
-    logger = setup_logger(name="demo")
+    setup_logger(name="demo")
     cfg = get_cfg()
     add_mutual_guide_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
+        parser.error(
+            "MODEL.WEIGHTS is not set, so the network would be randomly initialised and draw meaningless boxes. "
+            "Give the trained weights (--opts MODEL.WEIGHTS path/to/model_final.pth), or add "
+            "--allow-random-weights to run an untrained network on purpose."
+        )
+    check_config(cfg, training=False)
     register_custom_datasets(cfg)
-    predictor = MutualGuidePredictor(cfg)
-    os.makedirs(args.output, exist_ok=True)
-    paths = expand_inputs(args.input)
-    for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise OSError(f"Cannot read image {path!r}")
-        instances = predictor(image).to("cpu")
-        drawn = draw_predictions(image, instances, predictor.metadata, args.confidence_threshold)
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".jpg")
-        cv2.imwrite(out, drawn)
-        kept = int((instances.scores >= args.confidence_threshold).sum())
-        logger.info(f"{path}: {kept} detections >= {args.confidence_threshold} -> {out}")
-    return len(paths)
+    try:
+        metadata = class_metadata(cfg, args.dataset)
+    except ValueError as e:
+        parser.error(str(e))
+    demo = Demo(cfg, args, metadata)
+    drawn = demo.images(args.input, args.output) if args.input else run_video(demo, args)
+    if args.json:
+        write_json(args.json, demo, cfg, args)
+    if demo.failures:
+        report = "\n".join(f"  {source}: {why}" for source, why in demo.failures)
+        logger.error(f"{len(demo.failures)} input(s) failed, {drawn} drawn:\n{report}")
+        raise SystemExit(1)
+    return drawn
 
 
 if __name__ == "__main__":

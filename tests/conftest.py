@@ -102,3 +102,133 @@ def random_batch():
 def random_boxes():
     """`_random_boxes(n, k, size, generator, integer=False)`: [n, k, 4] XYXY boxes inside a size x size frame."""
     return _random_boxes
+
+# ----------------------------------------------------------------------------- hand-made VOC folders
+def voc_object_xml(name, box, difficult=None, pose=True, truncated=True):
+    """One <object> of a VOC XML; `box` is (xmin, ymin, xmax, ymax) written as given (ints or floats)."""
+    extra = ("<pose>Left</pose>" if pose else "") + ("<truncated>0</truncated>" if truncated else "")
+    extra += f"<difficult>{difficult}</difficult>" if difficult is not None else ""
+    coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    return f"<object><name>{name}</name>{extra}<bndbox>{coords}</bndbox></object>"
+
+
+@pytest.fixture
+def write_voc():
+    """
+    Writes a VOC-layout folder: write_voc(root, {image id: objects}, split="train", size=(w, h), ext=".jpg",
+    with_size=True). `objects` is a list of voc_object_xml strings, or a whole XML text (str) written as is.
+    Images are random noise of `size`. Returns the root.
+    """
+    import cv2
+    import numpy as np
+
+    def write(root, images, split="train", size=(64, 48), ext=".jpg", with_size=True):
+        for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        rng = np.random.RandomState(0)
+        for image_id, objects in images.items():
+            w, h = size
+            cv2.imwrite(os.path.join(root, "JPEGImages", image_id + ext), rng.randint(0, 255, (h, w, 3)).astype("uint8"))
+            if isinstance(objects, str):
+                text = objects
+            else:
+                size_xml = f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>" if with_size else ""
+                text = f"<annotation><filename>{image_id}{ext}</filename>{size_xml}{''.join(objects)}</annotation>"
+            with open(os.path.join(root, "Annotations", image_id + ".xml"), "w") as f:
+                f.write(text)
+        with open(os.path.join(root, "ImageSets", "Main", split + ".txt"), "w") as f:
+            f.write("\n".join(images))  # no final newline: a one-line split file is a single id
+        return str(root)
+
+    return write
+
+
+@pytest.fixture
+def voc_object():
+    return voc_object_xml
+
+
+@pytest.fixture
+def train_args():
+    """
+    train_net arguments for a small CPU run on a synthetic dataset (make_synthetic_dataset's `info`):
+    train_args(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False, as_argv=False) (the
+    command line itself with as_argv). ResNet18-FPN at 128, batch 2, no augmentation, no workers, no
+    evaluation during training; `opts` come last and override any of these.
+    """
+    import train_net
+
+    def build(info, output_dir, *opts, eval_only=False, resume=False, overwrite=False, as_argv=False):
+        name = info["custom_specs"][0].split(":")[0][: -len("_train")]
+        argv = ["--config-file", os.path.join(ROOT, "configs", "demo_shapes.yaml")]
+        argv += (["--eval-only"] if eval_only else []) + (["--resume"] if resume else [])
+        argv += ["--overwrite-output-dir"] if overwrite else []
+        argv += [
+            "OUTPUT_DIR", str(output_dir), "DATASETS.CUSTOM", str(info["custom_specs"]),
+            "DATASETS.TRAIN", f"('{name}_train',)", "DATASETS.TEST", f"('{name}_test',)",
+            "MODEL.MUTUAL_GUIDE.NUM_CLASSES", "3", "INPUT.SIZE", "128", "INPUT.MG_AUGMENT", "False",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2",
+            "SOLVER.BASE_LR", "0.02", "MODEL.BACKBONE.NAME", "ResNet18", "MODEL.NECK.NAME", "FPN",
+            "TEST.EVAL_PERIOD", "0",
+        ]
+        argv += [str(o) for o in opts]
+        return argv if as_argv else train_net.argument_parser().parse_args(argv)
+
+    return build
+
+
+@pytest.fixture
+def logged():
+    """
+    logged(name) -> a list that receives the messages logged by logger `name` and its children for the rest of
+    the test. pytest's caplog listens at the root logger, which detectron2's setup_logger cuts off (propagate
+    False on "detectron2" and, through train_net.setup, on "mutual_guide") once any test has run train_net.
+    """
+    import logging
+
+    attached = []
+
+    class _Collect(logging.Handler):
+        def __init__(self, sink):
+            super().__init__(logging.DEBUG)
+            self.sink = sink
+
+        def emit(self, record):
+            self.sink.append(record.getMessage())
+
+    def listen(name):
+        messages = []
+        logger, handler = logging.getLogger(name), _Collect(messages)
+        attached.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        return messages
+
+    yield listen
+    for logger, handler, level in attached:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every Visualizer.overlay_instances call's boxes (drawing's pixels), labels and label heights (drawing's
+    pixels), for the rest of the test."""
+    import numpy as np
+    from detectron2.utils.visualizer import Visualizer
+
+    calls = []
+    overlay, draw_text = Visualizer.overlay_instances, Visualizer.draw_text
+
+    def spy_overlay(self, *, boxes=None, labels=None, **kwargs):
+        calls.append({"boxes": np.asarray(boxes) * self.output.scale, "labels": list(labels), "text_px": []})
+        return overlay(self, boxes=boxes, labels=labels, **kwargs)
+
+    def spy_text(self, text, position, *, font_size=None, **kwargs):
+        # matplotlib sizes text in points at the figure's dpi; the Visualizer multiplies by its scale
+        calls[-1]["text_px"].append((font_size or self._default_font_size) * self.output.scale * self.output.dpi / 72)
+        return draw_text(self, text, position, font_size=font_size, **kwargs)
+
+    monkeypatch.setattr(Visualizer, "overlay_instances", spy_overlay)
+    monkeypatch.setattr(Visualizer, "draw_text", spy_text)
+    return calls

@@ -1,35 +1,26 @@
-"""The paper's train-time augmentation: invariants of each step, hand-computed boxes, determinism."""
+"""The seed's train-time augmentation, step by step: hand-computed values, the sampler against a plain oracle."""
 import cv2
 import numpy as np
 import pytest
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
-from detectron2.data.transforms import ColorTransform, CropTransform
+from detectron2.data.transforms import CropTransform
 
-from mutual_guide import add_mutual_guide_config
+from conftest import make_cfg
 from mutual_guide.data.augmentation import (
     CV2_INTERPOLATIONS,
     CV2ResizeTransform,
     DetectionAugInput,
+    ExpandTransform,
     PhotometricDistortion,
+    PhotometricTransform,
     RandomExpand,
     RandomInterpolationResize,
+    RandomMinIoUCrop,
     build_augmentation,
     min_side_keep,
-    scale_contrast,
-    scale_saturation,
-    shift_brightness,
-    shift_hue,
 )
 
 MEAN = (104.0, 117.0, 123.0)
-
-
-def _cfg(size=320):
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.INPUT.SIZE = size
-    return cfg
 
 
 def _image(h=60, w=100, seed=0):
@@ -42,6 +33,16 @@ def _run(augs, image, boxes):
     return aug_input, tfms
 
 
+# ----------------------------------------------------------------------------- order
+def test_recipe_is_the_seeds_order():
+    augs = build_augmentation(make_cfg(size=320), is_train=True)
+    assert [type(a) for a in augs] == [
+        RandomMinIoUCrop, PhotometricDistortion, RandomExpand, T.RandomFlip, RandomInterpolationResize
+    ]
+    assert augs[2].max_ratio == 4.0 and augs[2].prob == 0.6 and augs[2].fill == MEAN
+    assert augs[1].hue_delta == 18 and augs[4].interps == CV2_INTERPOLATIONS
+
+
 # ----------------------------------------------------------------------------- flip
 def test_flip_boxes_by_hand_and_twice_is_identity():
     image = _image(60, 100)
@@ -49,34 +50,40 @@ def test_flip_boxes_by_hand_and_twice_is_identity():
     flipped, _ = _run([T.RandomFlip(prob=1.0)], image, boxes)
     np.testing.assert_array_equal(flipped.boxes, [[70, 20, 90, 40], [0, 0, 100, 60]])
     np.testing.assert_array_equal(flipped.image[:, 0], image[:, 99])
-
     back, _ = _run([T.RandomFlip(prob=1.0)], flipped.image, flipped.boxes)
     np.testing.assert_array_equal(back.image, image)
     np.testing.assert_array_equal(back.boxes, boxes)
 
 
-# ----------------------------------------------------------------------------- expansion
-@pytest.mark.parametrize("seed", range(5))
-def test_expand_fills_with_mean_and_shifts_boxes(seed):
-    np.random.seed(seed)
+# ----------------------------------------------------------------------------- zoom-out
+def test_expand_canvas_fill_and_boxes():
+    np.random.seed(0)
     image = np.full((40, 50, 3), 7, dtype=np.uint8)
     boxes = np.array([[5, 6, 25, 30]], dtype=np.float32)
-    out, tfms = _run([RandomExpand(max_ratio=4.0, fill=MEAN, prob=1.0)], image, boxes)
-    tfm = tfms.transforms[0]
-    h, w = out.image.shape[:2]
-    assert 40 <= h <= 160 and 50 <= w <= 200 and (h, w) != (40, 50)
-    pasted = np.zeros((h, w), dtype=bool)
-    pasted[tfm.y0 : tfm.y0 + 40, tfm.x0 : tfm.x0 + 50] = True
-    assert (out.image[pasted] == 7).all()
-    np.testing.assert_array_equal(out.image[~pasted], np.tile(np.array(MEAN, dtype=np.uint8), ((~pasted).sum(), 1)))
-    np.testing.assert_array_equal(out.boxes, [[5 + tfm.x0, 6 + tfm.y0, 25 + tfm.x0, 30 + tfm.y0]])
+    for _ in range(20):
+        out, tfms = _run([RandomExpand(max_ratio=4.0, fill=MEAN, prob=1.0)], image, boxes)
+        tfm = tfms.transforms[0]
+        h, w = out.image.shape[:2]
+        # canvas: int(s r W) x int(s / r H) with s in [1, 4], r^2 in [max(1/2, 1/s^2), min(2, s^2)]
+        sx, sy = w / 50, h / 40
+        assert 1 <= sx <= 4 * 2**0.5 and 1 <= sy <= 4 * 2**0.5 and (sx * sy) ** 0.5 <= 4 + 0.05
+        assert 0.5 - 0.05 <= sx / sy <= 2 + 0.05
+        assert 0 <= tfm.x0 <= w - 50 and 0 <= tfm.y0 <= h - 40
+        pasted = np.zeros((h, w), dtype=bool)
+        pasted[tfm.y0 : tfm.y0 + 40, tfm.x0 : tfm.x0 + 50] = True
+        assert (out.image[pasted] == 7).all()
+        assert (out.image[~pasted] == np.array(MEAN, dtype=np.uint8)).all()
+        np.testing.assert_array_equal(out.boxes, [[5 + tfm.x0, 6 + tfm.y0, 25 + tfm.x0, 30 + tfm.y0]])
 
 
-def test_expand_probability():
+def test_expand_probability_and_canvas_shape_varies():
     np.random.seed(0)
     aug = RandomExpand(prob=0.6)
-    applied = [aug.get_transform(_image(10, 10)).__class__.__name__ == "ExpandTransform" for _ in range(2000)]
-    assert abs(np.mean(applied) - 0.6) < 0.04
+    tfms = [aug.get_transform(_image(100, 100)) for _ in range(2000)]
+    expanded = [t for t in tfms if isinstance(t, ExpandTransform)]
+    assert abs(len(expanded) / 2000 - 0.6) < 0.035  # 3 standard errors
+    aspects = [(100 + t.x0 + t.x1) / (100 + t.y0 + t.y1) for t in expanded]
+    assert min(aspects) < 0.8 and max(aspects) > 1.25  # the seed's canvas is not square (ours used to be)
 
 
 # ----------------------------------------------------------------------------- crop
@@ -99,26 +106,99 @@ def test_crop_keeps_exactly_the_boxes_with_centre_inside_and_clips_them():
     np.testing.assert_array_equal(aug_input.boxes, [[10, 10, 30, 20], [0, 0, 20, 15]])
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_min_iou_crop_keeps_a_box_and_only_centres_inside(seed):
-    np.random.seed(seed)
+def _oracle_crop(image, boxes, modes, trials=50):
+    """The seed's _crop written plainly, one trial at a time, drawing the same numbers as the sampler."""
+    height, width = image.shape[:2]
+
+    def iou(b, roi):
+        iw = max(0.0, min(b[2], roi[2]) - max(b[0], roi[0]))
+        ih = max(0.0, min(b[3], roi[3]) - max(b[1], roi[1]))
+        inter = iw * ih
+        return inter / ((b[2] - b[0]) * (b[3] - b[1]) + (roi[2] - roi[0]) * (roi[3] - roi[1]) - inter)
+
+    while True:
+        min_iou = modes[np.random.randint(len(modes))]
+        if min_iou is None:
+            return None
+        scale = np.random.uniform(0.3, 1.0, trials)
+        ratio = np.sqrt(np.random.uniform(np.maximum(0.5, scale**2), np.minimum(2.0, 1.0 / scale**2)))
+        u_left, u_top = np.random.random_sample(trials), np.random.random_sample(trials)
+        for i in range(trials):
+            w, h = int(scale[i] * ratio[i] * width), int(scale[i] / ratio[i] * height)
+            left, top = int(u_left[i] * (width - w)), int(u_top[i] * (height - h))
+            roi = (left, top, left + w, top + h)
+            if min(iou(b, roi) for b in boxes) < min_iou:
+                continue
+            if any(left < (b[0] + b[2]) / 2 < left + w and top < (b[1] + b[3]) / 2 < top + h for b in boxes):
+                return left, top, w, h
+
+
+def test_min_iou_crop_against_plain_oracle():
     image = _image(120, 160)
-    boxes = np.array([[10, 10, 60, 50], [80, 40, 150, 110], [30, 70, 70, 115]], dtype=np.float32)
-    out, tfms = _run([T.MinIoURandomCrop()], image, boxes)
-    tfm = tfms.transforms[0]
-    if isinstance(tfm, CropTransform):
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        inside = (
-            (centres[:, 0] > tfm.x0)
-            & (centres[:, 0] < tfm.x0 + tfm.w)
-            & (centres[:, 1] > tfm.y0)
-            & (centres[:, 1] < tfm.y0 + tfm.h)
-        )
-        np.testing.assert_array_equal(out.kept, np.flatnonzero(inside))
-        assert out.image.shape[:2] == (tfm.h, tfm.w)
-    else:
-        np.testing.assert_array_equal(out.boxes, boxes)
-    assert len(out.boxes) >= 1
+    boxes = np.array([[10, 10, 60, 50], [80, 40, 150, 110], [30, 70, 70, 115]], dtype=np.float64)
+    crop = RandomMinIoUCrop()
+    outcomes = set()
+    for seed in range(60):
+        np.random.seed(seed)
+        tfm = crop.get_transform(image, boxes)
+        np.random.seed(seed)
+        expected = _oracle_crop(image, boxes, RandomMinIoUCrop.MODES)
+        got = None if not isinstance(tfm, CropTransform) else (tfm.x0, tfm.y0, tfm.w, tfm.h)
+        assert got == expected, seed
+        outcomes.add(got is None)
+        if got is not None:  # integer offsets from randrange: the crop never reaches the last column/row
+            assert tfm.x0 + tfm.w < 160 and tfm.y0 + tfm.h < 120
+    assert outcomes == {True, False}
+
+
+def test_min_iou_crop_without_boxes_is_no_crop():
+    assert isinstance(RandomMinIoUCrop().get_transform(_image(), np.zeros((0, 4))), T.NoOpTransform)
+
+
+# ----------------------------------------------------------------------------- photometric distortion
+def test_photometric_values_by_hand():
+    img = np.array([[[250, 100, 10]]], dtype=np.uint8)
+    hsv_round_trip = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2HSV), cv2.COLOR_HSV2BGR)
+    # brightness +32.7: 282.7 -> 255, 132.7 -> 132 (truncated, not rounded), 42.7 -> 42
+    expected = np.array([[[255, 132, 42]]], dtype=np.uint8)
+    np.testing.assert_array_equal(
+        PhotometricTransform(brightness=32.7).apply_image(img),
+        cv2.cvtColor(cv2.cvtColor(expected, cv2.COLOR_BGR2HSV), cv2.COLOR_HSV2BGR),
+    )
+    # brightness -20.5 then contrast 0.5 on the truncated values: 229 * 0.5 -> 114, 79 -> 39, 0 -> 0
+    expected = np.array([[[114, 39, 0]]], dtype=np.uint8)
+    np.testing.assert_array_equal(
+        PhotometricTransform(brightness=-20.5, contrast=0.5).apply_image(img),
+        cv2.cvtColor(cv2.cvtColor(expected, cv2.COLOR_BGR2HSV), cv2.COLOR_HSV2BGR),
+    )
+    # no change drawn: still one uint8 HSV round trip, as the seed always does
+    np.testing.assert_array_equal(PhotometricTransform().apply_image(img), hsv_round_trip)
+
+
+def test_photometric_hue_in_opencv_units_and_saturation():
+    red = np.array([[[0, 0, 255]]], dtype=np.uint8)  # BGR; OpenCV hue 0
+    np.testing.assert_array_equal(PhotometricTransform(hue=60).apply_image(red), [[[0, 255, 0]]])  # +120 degrees
+    np.testing.assert_array_equal(PhotometricTransform(hue=-60).apply_image(red), [[[255, 0, 0]]])  # wraps: 120
+    grey = PhotometricTransform(saturation=0.0).apply_image(np.array([[[40, 90, 200]]], dtype=np.uint8))
+    assert grey[0, 0, 0] == grey[0, 0, 1] == grey[0, 0, 2] == 200  # value (max channel) kept
+
+
+def test_photometric_refuses_float_images():
+    with pytest.raises(ValueError, match="uint8"):
+        PhotometricTransform(brightness=3).apply_image(np.zeros((4, 4, 3), np.float32))
+
+
+def test_photometric_draws():
+    np.random.seed(1)
+    aug = PhotometricDistortion()
+    tfms = [aug.get_transform(_image(4, 4)) for _ in range(2000)]
+    for key, low, high in (("brightness", -32, 32), ("contrast", 0.5, 1.5), ("saturation", 0.5, 1.5)):
+        values = [getattr(t, key) for t in tfms if getattr(t, key) is not None]
+        assert abs(len(values) / 2000 - 0.5) < 0.034, key  # 3 standard errors
+        assert low <= min(values) and max(values) <= high
+    hues = [t.hue for t in tfms if t.hue is not None]
+    assert abs(len(hues) / 2000 - 0.5) < 0.034
+    assert set(hues) == set(range(-18, 19))  # integers, both ends included (Python's randint)
 
 
 # ----------------------------------------------------------------------------- resize and min side
@@ -143,89 +223,37 @@ def test_resize_interpolation_is_random_among_the_five():
     assert seen == set(CV2_INTERPOLATIONS)
 
 
-def test_min_side_keep():
+def test_min_side_keep_is_strict():
     boxes = [[0, 0, 3.1, 100], [0, 0, 3.3, 100], [10, 10, 10, 50], [0, 0, 320, 320]]
     np.testing.assert_array_equal(min_side_keep(boxes, (320, 320), 0.01), [False, True, False, True])
     # relative to the side along which the box is measured: 3.3 / 640 < 0.01
     np.testing.assert_array_equal(min_side_keep([[0, 0, 3.3, 100]], (320, 640), 0.01), [False])
-
-
-# ----------------------------------------------------------------------------- photometric
-def test_photometric_ops_values():
-    img = np.array([[[250, 100, 10]]], dtype=np.uint8)
-    np.testing.assert_array_equal(shift_brightness(img, 32), [[[255, 132, 42]]])
-    np.testing.assert_array_equal(shift_brightness(img, -32), [[[218, 68, 0]]])
-    np.testing.assert_array_equal(scale_contrast(img, 0.5), [[[125, 50, 5]]])
-    red = np.array([[[0, 0, 255]]], dtype=np.uint8)  # BGR
-    np.testing.assert_array_equal(shift_hue(red, 120), [[[0, 255, 0]]])
-    np.testing.assert_array_equal(shift_hue(red, -120), [[[255, 0, 0]]])
-    grey = scale_saturation(np.array([[[40, 90, 200]]], dtype=np.uint8), 0.0)
-    assert grey[0, 0, 0] == grey[0, 0, 1] == grey[0, 0, 2] == 200  # value (max channel) kept
-
-
-def test_photometric_order_and_ranges():
-    np.random.seed(0)
-    aug = PhotometricDistortion(prob=1.0)
-    orders = set()
-    for _ in range(50):
-        tfm = aug.get_transform(_image(8, 8))
-        ops = [t.op for t in tfm.transforms]
-        assert all(isinstance(t, ColorTransform) for t in tfm.transforms)
-        names = tuple(op.func.__name__ for op in ops)
-        orders.add(names)
-        assert abs(ops[0].keywords["delta"]) <= 32
-        for op in ops:
-            if op.func in (scale_contrast, scale_saturation):
-                assert 0.5 <= op.keywords["alpha"] <= 1.5
-            if op.func is shift_hue:
-                assert abs(op.keywords["degrees"]) <= 18
-    assert orders == {
-        ("shift_brightness", "scale_contrast", "shift_hue", "scale_saturation"),
-        ("shift_brightness", "shift_hue", "scale_saturation", "scale_contrast"),
-    }
-
-
-def test_photometric_each_op_with_probability_half():
-    np.random.seed(1)
-    aug = PhotometricDistortion()
-    counts = {}
-    for _ in range(1000):
-        tfm = aug.get_transform(_image(4, 4))
-        for t in getattr(tfm, "transforms", []):
-            counts[t.op.func.__name__] = counts.get(t.op.func.__name__, 0) + 1
-    assert set(counts) == {"shift_brightness", "scale_contrast", "shift_hue", "scale_saturation"}
-    for n in counts.values():
-        assert 440 < n < 560
+    # exactly at the ratio: dropped (the seed keeps min(w, h) > ratio)
+    np.testing.assert_array_equal(min_side_keep([[0, 0, 16, 32], [0, 0, 16.5, 32]], (64, 64), 0.25), [False, True])
 
 
 # ----------------------------------------------------------------------------- the whole recipe
-def _boxes():
-    return np.array([[10, 20, 120, 90], [100, 5, 190, 60], [40, 100, 80, 140]], dtype=np.float32)
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_full_recipe_invariants(seed):
-    np.random.seed(seed)
-    out, _ = _run(build_augmentation(_cfg(320), is_train=True), _image(150, 200, seed), _boxes())
-    assert out.image.shape == (320, 320, 3) and out.image.dtype == np.uint8
-    assert len(out.boxes) == len(out.kept) >= 1
-    assert (out.boxes >= 0).all() and (out.boxes <= 320).all()
-    assert (out.boxes[:, 2:] >= out.boxes[:, :2]).all()
-
-
-def test_full_recipe_is_deterministic_under_seed():
-    augs = build_augmentation(_cfg(128), is_train=True)
+def test_full_recipe_invariants_and_determinism():
+    boxes = np.array([[10, 20, 120, 90], [100, 5, 190, 60], [40, 100, 80, 140]], dtype=np.float32)
+    augs = build_augmentation(make_cfg(size=320), is_train=True)
+    for seed in range(30):
+        np.random.seed(seed)
+        out, _ = _run(augs, _image(150, 200, seed), boxes)
+        assert out.image.shape == (320, 320, 3) and out.image.dtype == np.uint8
+        assert len(out.boxes) == len(out.kept) >= 1
+        assert (out.boxes >= 0).all() and (out.boxes <= 320).all()
+        assert (out.boxes[:, 2:] >= out.boxes[:, :2]).all()
     results = []
     for seed in (3, 3, 4):
         np.random.seed(seed)
-        results.append(_run(augs, _image(150, 200), _boxes())[0])
+        results.append(_run(augs, _image(150, 200), boxes)[0])
     np.testing.assert_array_equal(results[0].image, results[1].image)
     np.testing.assert_array_equal(results[0].boxes, results[1].boxes)
     assert not np.array_equal(results[0].image, results[2].image)
 
 
 def test_no_augment_is_resize_only():
-    cfg = _cfg(64)
+    cfg = make_cfg(size=64)
     assert [type(a) for a in build_augmentation(cfg, is_train=False)] == [RandomInterpolationResize]
     cfg.INPUT.MG_AUGMENT = False
     (aug,) = build_augmentation(cfg, is_train=True)

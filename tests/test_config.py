@@ -2,7 +2,10 @@
 import glob
 import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -36,7 +39,7 @@ def test_contract_keys_declared():
     assert cfg.INPUT.SIZE == 320
     assert cfg.MODEL.BACKBONE.NAME == "VGG16" and cfg.MODEL.NECK.NAME == "FPN"
     assert tuple(cfg.MODEL.PIXEL_MEAN) == (104.0, 117.0, 123.0) and tuple(cfg.MODEL.PIXEL_STD) == (1.0, 1.0, 1.0)
-    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupCosineLR" and cfg.SOLVER.WARMUP_ITERS == 500
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupCosineFloorLR" and cfg.SOLVER.WARMUP_ITERS == 500
 
 
 def test_every_config_file_is_named_and_consistent():
@@ -55,11 +58,31 @@ def test_every_config_file_is_named_and_consistent():
         assert cfg.DATASETS.TEST == (("mg_voc_2007_test",) if dataset == "voc" else ("mg_coco_2017_val",)), path
 
 
+def _generate(*args):
+    script = os.path.join(ROOT, "tools", "generate_configs.py")
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+
+
+def test_leaf_configs_are_the_generators_output(tmp_path):
+    result = _generate("--check")
+    assert result.returncode == 0, result.stdout
+    # the check can fail: a hand edit and a stray file in a copy of the folder are both named
+    copy = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, copy)
+    with open(copy / "mg_vgg16_fpn_coco.yaml", "a") as f:
+        f.write("SOLVER:\n  BASE_LR: 0.02\n")
+    (copy / "mg_vgg16_fpn_coco_640.yaml").write_text('_BASE_: "Base-COCO.yaml"\n')
+    result = _generate("--check", "--config-dir", str(copy))
+    assert result.returncode == 1
+    assert "mg_vgg16_fpn_coco.yaml" in result.stdout and "mg_vgg16_fpn_coco_640.yaml (not generated" in result.stdout
+
+
 def test_schedule_is_the_papers():
     voc = load(os.path.join(CONFIG_DIR, "mg_vgg16_fpn_voc.yaml"))
     coco = load(os.path.join(CONFIG_DIR, "mg_vgg16_fpn_coco.yaml"))
-    # 250 epochs of VOC 07+12 trainval (16551 images) and 140 of COCO train2017 (118287) at batch 32.
-    assert voc.SOLVER.MAX_ITER == -(-16551 // 32) * 250
+    # 250 epochs of VOC 07+12 trainval (16551 images) and 140 of COCO train2017 (118287) at batch 32; the seed's
+    # VOC epoch is 16551 // 32 iterations (it drops the incomplete batch).
+    assert voc.SOLVER.MAX_ITER == (16551 // 32) * 250
     assert coco.SOLVER.MAX_ITER == -(-118287 // 32) * 140
     for cfg in (voc, coco):
         assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MOMENTUM) == (0.01, 32, 0.9)

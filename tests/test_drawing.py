@@ -46,18 +46,20 @@ def test_visualizer_draws_the_real_voc_images(voc_mini_root, tmp_path):
     records = DatasetCatalog.get(NAME)
     assert len(records) == 2
     metadata = MetadataCatalog.get(NAME)
-    for record in records:
+    for record, size in zip(records, ((725, 512), (764, 512))):  # 353 and 335 pixels wide, enlarged to 512
         image = cv2.imread(record["file_name"])
         instances = ground_truth_as_predictions(record)
         drawn = draw_predictions(image, instances, metadata, score_thresh=0.5)
-        assert drawn.shape == image.shape and drawn.dtype == np.uint8
-        # the box outlines change pixels along each box's edge, not far from the boxes
-        changed = np.abs(drawn.astype(int) - image.astype(int)).sum(-1) > 30
-        x0, y0, x1, y1 = instances.pred_boxes.tensor[0].round().int().tolist()
+        assert drawn.shape == (*size, 3) and drawn.dtype == np.uint8
+        scale = 512 / image.shape[1]
+        # the box outlines change pixels along each box's edge, where the box is on the enlarged drawing
+        plain = draw_predictions(image, instances[:0], metadata, score_thresh=0.5)
+        changed = np.abs(drawn.astype(int) - plain.astype(int)).sum(-1) > 30
+        x0, y0, x1, y1 = (instances.pred_boxes.tensor[0] * scale).round().int().tolist()
         assert changed[y0:y1 + 1, x0:x0 + 3].mean() > 0.5 or changed[y0:y0 + 3, x0:x1 + 1].mean() > 0.5
         # a threshold above every score draws nothing
         nothing = draw_predictions(image, instances, metadata, score_thresh=0.95)
-        assert np.array_equal(nothing, image)
+        assert np.array_equal(nothing, plain)
 
 
 def test_evaluation_drawer_writes_one_image_per_input(voc_mini_root, tmp_path):
@@ -84,7 +86,9 @@ def test_demo_script_draws_a_folder(voc_mini_root, tmp_path):
         "DATASETS.CUSTOM", str(cfg.DATASETS.CUSTOM), "DATASETS.TEST", f"('{NAME}',)",
     ])
     assert count == 2
-    for name in ("000001.jpg", "000002.jpg"):
+    for name, size in (("000001.jpg", (725, 512)), ("000002.jpg", (764, 512))):
         drawn = cv2.imread(str(out / name))
         original = cv2.imread(os.path.join(voc_mini_root, "JPEGImages", name))
-        assert drawn.shape == original.shape and not np.array_equal(drawn, original)
+        enlarged = cv2.resize(original, size[::-1], interpolation=cv2.INTER_LINEAR)
+        assert drawn.shape == (*size, 3)
+        assert np.abs(drawn.astype(int) - enlarged.astype(int)).mean() > 10  # 300 boxes drawn over it

@@ -5,7 +5,8 @@
 1. writes the "shapes" dataset (circles, squares, triangles on varied backgrounds) in COCO-json layout;
 2. declares it through DATASETS.CUSTOM, exactly as a user declares their own data;
 3. trains a small Mutual Guidance detector (configs/demo_shapes.yaml) with train_net.py's Trainer;
-4. evaluates it with Detectron2's COCOEvaluator and draws the test images with the Visualizer;
+4. evaluates it with Detectron2's COCOEvaluator (per-class table, precision-recall curves and confusion
+   matrix in <output-dir>/eval/shapes_test/) and draws the test images with the Visualizer;
 5. prints the metrics table and where everything is.
 """
 import argparse
@@ -50,8 +51,9 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
     print(f"[demo] dataset written to {info['root']} ({num_train} train / {num_test} test images, "
           f"classes {', '.join(info['classes'])})", flush=True)
 
-    args = default_argument_parser().parse_args(
-        ["--config-file", CONFIG, "OUTPUT_DIR", output_dir] + dataset_opts(info) + list(opts)
+    # A demo run replaces the previous demo's files in its folder (train_net refuses that without the flag).
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", CONFIG, "--overwrite-output-dir", "OUTPUT_DIR", output_dir] + dataset_opts(info) + list(opts)
     )
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
@@ -78,6 +80,9 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
         print_csv_format(results)
         drawn = sorted(glob.glob(os.path.join(draw_dir, "*.jpg")))
         print(f"[demo] {len(drawn)} drawings in {draw_dir} (e.g. {drawn[0] if drawn else '-'})")
+        report = [os.path.join(output_dir, "eval", "shapes_test", f)
+                  for f in ("per_class.json", "pr_curve.png", "confusion_matrix.png")]
+        print(f"[demo] per-class AP, precision-recall curves and confusion matrix of the test set: {', '.join(report)}")
         print(f"[demo] metrics.json, TensorBoard events and checkpoints in {output_dir}")
         print(f"[demo] total time {time.time() - started:.0f} s")
     return results

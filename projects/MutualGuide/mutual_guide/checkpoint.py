@@ -1,43 +1,130 @@
-"""A DetectionCheckpointer that refuses checkpoints which do not fit the configured network."""
+"""Loading weights: one check that a state dict fits a network, and the detector's checkpointer."""
+import logging
+from typing import Dict, Mapping
+
+import torch
+
+import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .paper_checkpoint import convert_paper_state_dict
+from .atomic_io import AtomicWritePathManager
 
-__all__ = ["CheckpointMismatchError", "MutualGuideCheckpointer"]
+__all__ = ["CheckpointMismatchError", "MutualGuideCheckpointer", "check_state_dict_fits", "unwrap_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+_SHOWN = 20  # mismatched tensors named in an error; the rest are counted
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not fit the model built from the config."""
 
 
+def unwrap_state_dict(sd: Dict) -> Dict:
+    """A saved state dict's tensors: inside {"model": ...} and/or {"state_dict": ...}, without DataParallel's prefix."""
+    for wrapper in ("model", "state_dict"):
+        if isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def check_state_dict_fits(own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], what: str) -> None:
+    """
+    Raise CheckpointMismatchError("<what>:" and one line per tensor) unless `given` has exactly the tensors of
+    `own`, each of the same shape. BatchNorm's `num_batches_tracked` may be missing (torchvision files lack it).
+    """
+    problems = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+        for k, v in given.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    problems += [f"{k}: missing from the file" for k in own if k not in given and not k.endswith("num_batches_tracked")]
+    problems += [f"{k}: not in the model" for k in given if k not in own]
+    if problems:
+        more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        raise CheckpointMismatchError(f"{what}:\n  " + "\n  ".join(problems[:_SHOWN]) + more)
+
+
 class MutualGuideCheckpointer(DetectionCheckpointer):
     """
-    Loads the project's checkpoints and the authors' state dicts (renamed on the fly).
+    Loads the project's checkpoints and the authors' state dicts (renamed by the detector's own pre-hook,
+    see paper_checkpoint.py).
 
     detectron2's checkpointer skips tensors whose shapes differ and only logs a warning, which silently leaves
-    a head untrained when, say, NUM_CLASSES is wrong. MODEL.WEIGHTS here is always a whole detector, so any
-    shape mismatch, missing or unexpected tensor is an error naming the file and the keys.
+    a head untrained when, say, NUM_CLASSES is wrong. MODEL.WEIGHTS here is a whole detector, so any shape
+    mismatch, missing or unexpected tensor is an error naming the file and the keys, and nothing is loaded.
+
+    With `finetune=True` (MODEL.MUTUAL_GUIDE.FINETUNE) the class-logit layers (`head.conf`) of a checkpoint
+    trained on other classes are left out and start afresh with the head's prior-probability initialisation;
+    every other tensor must still fit, since a checkpoint of another backbone or neck is not a fine-tune.
+
+    Checkpoints and `last_checkpoint` are written atomically (atomic_io.py): a save interrupted by a kill
+    never leaves a truncated file under a checkpoint's name.
     """
+
+    def __init__(self, model, save_dir="", *, finetune: bool = False, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.finetune = finetune
+        self._loading_path = ""
+        self.path_manager = AtomicWritePathManager(self.path_manager)
 
     def load(self, path, *args, **kwargs):
         self._loading_path = path
         return super().load(path, *args, **kwargs)
 
     def _load_model(self, checkpoint):
-        checkpoint["model"] = convert_paper_state_dict(dict(checkpoint["model"]))
-        incompatible = super()._load_model(checkpoint)
-        missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
-        problems = [
-            f"{k}: {tuple(c)} in the checkpoint, {tuple(m)} in the model" for k, c, m in incompatible.incorrect_shapes
-        ]
-        problems += [f"{k}: missing from the checkpoint" for k in missing]
-        problems += [f"{k}: not in the model" for k in incompatible.unexpected_keys]
-        if problems:
-            shown = "\n  ".join(problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise CheckpointMismatchError(
-                f"Checkpoint {getattr(self, '_loading_path', '')!r} does not fit the configured network "
-                f"(check MODEL.BACKBONE.NAME, MODEL.NECK.NAME, INPUT.SIZE, MODEL.MUTUAL_GUIDE.NUM_CLASSES):\n  "
-                f"{shown}{more}"
-            )
-        return incompatible
+        # Not DetectionCheckpointer._load_model: fvcore's compares shapes under the file's names, before the
+        # detector's pre-hook renames the authors' keys, and only warns. Checking from a pre-hook registered after
+        # the detector's sees the names the model loads, and raises before any tensor is copied. (detectron2's
+        # Caffe2/pycls name heuristics, the other thing it does, are for detectron2's own models.)
+        self._left_out = []
+        handle = self.model.register_load_state_dict_pre_hook(self._check_fit)
+        try:
+            self.model.load_state_dict(checkpoint.pop("model"), strict=False)
+        finally:
+            handle.remove()
+        if self._left_out:
+            self._restart_class_layers()
+        return None  # nothing for fvcore to warn about: whatever did not fit raised, or was re-initialised and logged
+
+    def _check_fit(self, module, state_dict, prefix, *_):
+        own = module.state_dict()
+        given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        class_keys = sorted("head.conf." + k for k in module.head.conf.state_dict())
+        other_classes = any(k in given and tuple(given[k].shape) != tuple(own[k].shape) for k in class_keys)
+        if self.finetune and other_classes:
+            # a layer is one weight and one bias: both start afresh, even if one of them happened to fit
+            self._left_out = [_describe(k, given, own) for k in class_keys]
+            for k in class_keys:
+                state_dict.pop(prefix + k, None)
+                given.pop(k, None)
+                del own[k]
+        hint = ""
+        if other_classes and not self.finetune:
+            hint = "; to start new class layers from a detector of other classes: MODEL.MUTUAL_GUIDE.FINETUNE True"
+        check_state_dict_fits(
+            own,
+            given,
+            f"Checkpoint {self._loading_path!r} does not fit the configured network (check "
+            f"MODEL.BACKBONE.NAME, MODEL.NECK.NAME, INPUT.SIZE, MODEL.MUTUAL_GUIDE.NUM_CLASSES{hint})",
+        )
+
+    def _restart_class_layers(self):
+        self.model.head.reset_class_logits()
+        if comm.get_world_size() > 1:
+            # every process drew its own random weights: all start from the main process's, as DDP's own
+            # construction-time broadcast would have done
+            for param in self.model.head.conf.parameters():
+                torch.distributed.broadcast(param.data, src=0)
+        logger.warning(
+            "Fine-tuning from %r (MODEL.MUTUAL_GUIDE.FINETUNE): every other tensor loaded; these %d class-logit "
+            "tensors re-initialised with the prior probability 0.01:\n  %s",
+            self._loading_path,
+            len(self._left_out),
+            "\n  ".join(self._left_out),
+        )
+
+
+def _describe(key, given, own):
+    shape = f"{tuple(given[key].shape)} in the file" if key in given else "missing from the file"
+    return f"{key}: {shape}, {tuple(own[key].shape)} in the model"

@@ -50,7 +50,8 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.LOSS_BOX_REG_WEIGHT = 1.0
     _C.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST = 0.005  # per-class score kept before NMS
     _C.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST = 0.5  # per-class NMS IoU
-    # Fold BatchNorm into the preceding convolutions when the model is put in eval mode (outputs unchanged).
+    # Fold BatchNorm into the convolutions (and fuse RepVGG branches) before `train_net.py --eval-only` and in
+    # MutualGuidePredictor (demo.py): same outputs, faster. Evaluation during training keeps the training model.
     _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True
     # Multi-process training: synchronise BatchNorm statistics across processes (GPUs only; ignored with a
     # warning on the CPU, and without effect in a single process).
@@ -58,6 +59,9 @@ def add_mutual_guide_config(cfg):
     # Device types (of MODEL.DEVICE when the model is built) on which the network runs in the NHWC layout, in
     # training and inference. Measured faster on the CPU (oneDNN); not measured on GPUs, so off there by default.
     _C.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = ["cpu"]
+    # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
+    # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
+    _C.MODEL.MUTUAL_GUIDE.FINETUNE = False
     _C.TEST.DETECTIONS_PER_IMAGE = 300
     # Best (anchor, class) pairs of each pyramid level kept per image before NMS (detectron2 RetinaNet's
     # TOPK_CANDIDATES_TEST); <= 0 keeps every pair above the score threshold, as the paper's code.
@@ -68,10 +72,25 @@ def add_mutual_guide_config(cfg):
     # ---------------------------------------------------------------- input and augmentation
     _C.INPUT.SIZE = 320  # square input side (multiple of 64); 4 pyramid levels below 512, 5 from 512
     _C.INPUT.FORMAT = "BGR"
-    _C.INPUT.MG_AUGMENT = True  # the paper's SSD-style train-time augmentation; False: resize only
-    _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out expansion up to this ratio
-    _C.INPUT.EXPAND_PROB = 0.6
-    _C.INPUT.MIN_BOX_SIDE_RATIO = 0.01  # drop boxes whose shorter side falls under this fraction of the image
+    # The seed's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,
+    # mirror, resize with a random OpenCV interpolation. False: resize only (cv2.INTER_LINEAR).
+    _C.INPUT.MG_AUGMENT = True
+    _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out canvas area up to this ratio squared (scale 1 to this ratio)
+    _C.INPUT.EXPAND_PROB = 0.6  # probability of the zoom-out
+    # After augmentation a box is kept when its shorter side is more than this fraction of the image side.
+    _C.INPUT.MIN_BOX_SIDE_RATIO = 0.01
+    # Hue shift of the colour distortion, in units of OpenCV's uint8 hue channel (0-180, 2 degrees a unit): the
+    # seed adds an integer in [-18, 18], i.e. up to 36 degrees.
+    _C.INPUT.HUE_DELTA = 18
+    # Crowd annotations (iscrowd=1) train as objects of their class, as the seed's COCO loader reads them
+    # (getAnnIds with iscrowd=None); False leaves them out of training, as detectron2's mappers do.
+    _C.INPUT.TRAIN_CROWD_BOXES = True
+
+    # ---------------------------------------------------------------- data loading
+    # Square inputs need no aspect grouping, and the seed batches images in random order without it.
+    _C.DATALOADER.ASPECT_RATIO_GROUPING = False
+    # Page-locked training batches (faster host-to-GPU copies); used only when MODEL.DEVICE is a CUDA device.
+    _C.DATALOADER.PIN_MEMORY = True
 
     # ---------------------------------------------------------------- datasets
     # Datasets declared without code. Each entry is a string "name:format:key=value;key=value":
@@ -79,10 +98,16 @@ def add_mutual_guide_config(cfg):
     #   "mydata_val:coco:json=/data/mine/val.json;images=/data/mine/images"
     # They are registered before the trainer builds its loaders, so DATASETS.TRAIN/TEST may name them.
     _C.DATASETS.CUSTOM = []
+    # Pixel convention of the ground truth, in training and evaluation alike (data/box_convention.py):
+    # "detectron2" (its loaders' and evaluators') or "seed" (the paper's code; the paper configs use it).
+    _C.DATASETS.BOX_CONVENTION = "detectron2"
+    # Images the dataset check finds in error (missing, unreadable, wrong size, bad annotation...) stop the
+    # run before the first iteration; True leaves them out instead, listed and counted in the log.
+    _C.DATALOADER.SKIP_BAD_IMAGES = False
 
     # ---------------------------------------------------------------- solver (the paper's schedule)
+    # SGD, momentum 0.9, weight decay 5e-4 except on biases and norm layers (the seed's `tencent_trick`).
     _C.SOLVER.OPTIMIZER = "SGD"
-    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
     _C.SOLVER.BASE_LR = 0.01
     _C.SOLVER.MOMENTUM = 0.9
     _C.SOLVER.WEIGHT_DECAY = 5e-4
@@ -90,11 +115,19 @@ def add_mutual_guide_config(cfg):
     _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
     _C.SOLVER.BIAS_LR_FACTOR = 1.0
     _C.SOLVER.IMS_PER_BATCH = 32
+    # The seed's rule (solver.py): linear warm-up from BASE_LR_END to BASE_LR over WARMUP_ITERS, then cosine
+    # from BASE_LR to BASE_LR_END over the remaining iterations; WARMUP_FACTOR and RESCALE_INTERVAL are not
+    # read by it. detectron2's names (e.g. "WarmupCosineLR") still work.
+    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineFloorLR"
+    _C.SOLVER.BASE_LR_END = 1e-6
     _C.SOLVER.WARMUP_ITERS = 500
     _C.SOLVER.WARMUP_FACTOR = 1e-3
     _C.SOLVER.WARMUP_METHOD = "linear"
 
     # ---------------------------------------------------------------- evaluation and drawing
     _C.TEST.DRAW = False  # draw predictions of an evaluation run into OUTPUT_DIR/draw/<dataset>/
-    _C.TEST.DRAW_SCORE_THRESH = 0.3  # predictions drawn from this score
+    # predictions drawn from this score (TEST.DRAW), and counted in the confusion matrix of OUTPUT_DIR/eval/<dataset>/
+    _C.TEST.DRAW_SCORE_THRESH = 0.3
+    # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
+    _C.TEST.BEST_METRIC = "bbox/AP50"
     return cfg

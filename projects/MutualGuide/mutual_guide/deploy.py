@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .backbone.repvgg import RepVGGBlock
 
@@ -18,16 +19,10 @@ def fuse_repvgg_blocks(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, bn: _BatchNorm) -> None:
-    """conv <- bn(conv(.)) with bn's running statistics."""
-    t = bn.weight / (bn.running_var + bn.eps).sqrt() if bn.affine else 1.0 / (bn.running_var + bn.eps).sqrt()
-    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.weight.mul_(t.reshape(-1, 1, 1, 1))
-    new_bias = (bias - bn.running_mean) * t + shift
-    if conv.bias is None:
-        conv.bias = nn.Parameter(new_bias)
-    else:
-        conv.bias.copy_(new_bias)
+    """conv <- bn(conv(.)) with bn's running statistics (torch's own fusion arithmetic)."""
+    conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
 
 
 def _foldable(conv, bn) -> bool:

@@ -8,11 +8,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, PascalVOCDetectionEvaluator
+from detectron2.engine.hooks import BestCheckpointer
+from detectron2.evaluation import DatasetEvaluators
 
 from .drawing import PredictionDrawer
+from .evaluators import COCOEvaluatorWithConvention, VOCEvaluator
 
 __all__ = [
+    "BestModelCheckpointer",
     "build_dataset_evaluator",
     "check_amp_supported",
     "check_device",
@@ -27,16 +30,23 @@ logger = logging.getLogger(__name__)
 
 def build_dataset_evaluator(cfg, dataset_name, output_folder=None):
     """
-    The evaluator the dataset's `evaluator_type` asks for: "pascal_voc" (AP over IoU .50:.95, AP50, AP75; the
-    11-point metric for 2007 data) or "coco". With TEST.DRAW, predictions are also drawn into
-    OUTPUT_DIR/draw/<dataset>/.
+    The evaluator the dataset's `evaluator_type` asks for: "pascal_voc" (detectron2's VOC metric, AP over IoU
+    .50:.95, AP50, AP75, the 11-point metric for 2007 data, with the ground truth of our VOC reader) or "coco"
+    (detectron2's COCOEvaluator), both writing predictions in DATASETS.BOX_CONVENTION. Each evaluation also
+    leaves its per-class table, precision-recall curves and confusion matrix (at TEST.DRAW_SCORE_THRESH) in
+    OUTPUT_DIR/eval/<dataset>/ (evaluation_report.py; the latest evaluation replaces the previous one's).
+    With TEST.DRAW, predictions are also drawn into OUTPUT_DIR/draw/<dataset>/.
     """
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    convention = cfg.DATASETS.BOX_CONVENTION
+    report = {"report_dir": os.path.join(cfg.OUTPUT_DIR, "eval", dataset_name),
+              "report_score_thresh": cfg.TEST.DRAW_SCORE_THRESH}
     if evaluator_type == "pascal_voc":
-        evaluator = PascalVOCDetectionEvaluator(dataset_name)
+        evaluator = VOCEvaluator(dataset_name, convention, skip_bad_images=cfg.DATALOADER.SKIP_BAD_IMAGES, **report)
     elif evaluator_type == "coco":
-        evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+        evaluator = COCOEvaluatorWithConvention(dataset_name, convention, tasks=("bbox",), output_dir=output_folder,
+                                                **report)
     else:
         raise ValueError(
             f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'pascal_voc' or 'coco' "
@@ -126,3 +136,25 @@ def load_imagenet_backbone(backbone, cfg):
     spec = cfg.MODEL.BACKBONE.PRETRAINED
     load_pretrained_backbone(backbone, cfg.MODEL.BACKBONE.NAME, spec)
     logger.info("Backbone %s initialised from %s", cfg.MODEL.BACKBONE.NAME, spec)
+
+
+class BestModelCheckpointer(BestCheckpointer):
+    """
+    detectron2's BestCheckpointer (OUTPUT_DIR/<file_prefix>.pth holds the weights of the best evaluation so far),
+    which, when the metric it tracks is not among the evaluation's results, also names the ones that are:
+    detectron2's only says that it was not found, and a misspelt TEST.BEST_METRIC would go unnoticed.
+    """
+
+    def _best_checking(self):
+        latest = self.trainer.storage.latest()
+        if self._val_metric not in latest:
+            # evaluation results are stored flattened as "<task>/<metric>"; training scalars have no "/"
+            available = sorted(k for k in latest if "/" in k) or sorted(latest)
+            self._logger.warning(
+                "TEST.BEST_METRIC %r is not among the evaluation results, so no model_best.pth is kept. "
+                "Metrics that exist: %s",
+                self._val_metric,
+                ", ".join(available),
+            )
+            return
+        super()._best_checking()

@@ -25,10 +25,13 @@ class MutualGuideHead(nn.Module):
         self.conf = nn.ModuleList(
             nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1) for _ in range(num_levels)
         )
-        prior = 0.01
         for conv in self.loc:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.constant_(conv.bias, 0.0)
+        self.reset_class_logits()
+
+    def reset_class_logits(self, prior: float = 0.01):
+        """The class layers' initialisation, also where fine-tuning on new classes starts them."""
         for conv in self.conf:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.constant_(conv.bias, -math.log((1 - prior) / prior))

@@ -25,7 +25,7 @@ from .head import MutualGuideHead
 from .inputs import GroundTruth, batch_ground_truth, batch_images
 from .losses import IGNORE_RULES, mutual_guide_losses
 from .neck import build_neck
-from .paper_checkpoint import convert_paper_state_dict
+from .paper_checkpoint import rename_paper_keys
 from .postprocessing import rescale_detections, select_detections
 
 __all__ = ["MutualGuideDetector"]
@@ -126,8 +126,9 @@ class MutualGuideDetector(DenseDetector):
             generate_normalized_anchors(input_size, anchor_base_size, num_levels),
             persistent=False,
         )
-        # The authors' checkpoints name the head `loc`/`conf` at the top level; rename on load.
-        self.register_load_state_dict_pre_hook(_rename_paper_keys)
+        # The authors' checkpoints name the head `loc`/`conf` at the top level: renamed on load, whatever loads
+        # (paper_checkpoint.py says why here and not in a checkpointer).
+        self.register_load_state_dict_pre_hook(rename_paper_keys)
         self.num_dropped_boxes = 0  # ground-truth boxes without width or height, left out of training
         self.channels_last = channels_last
         if channels_last:
@@ -336,13 +337,3 @@ class MutualGuideDetector(DenseDetector):
             max_detections=self.max_detections_per_image,
         )
 
-
-def _rename_paper_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    """load_state_dict pre-hook: accept a state dict saved by the authors' code (top-level `loc`/`conf`)."""
-    ours = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    converted = convert_paper_state_dict(ours)
-    if converted.keys() != ours.keys():
-        for k in ours:
-            del state_dict[prefix + k]
-        for k, v in converted.items():
-            state_dict[prefix + k] = v

@@ -12,6 +12,8 @@ from torch import Tensor
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
+from ..checkpoint import check_state_dict_fits, unwrap_state_dict
+
 __all__ = ["TwoMapBackbone", "load_pretrained_backbone"]
 
 
@@ -61,7 +63,7 @@ def load_pretrained_backbone(backbone: TwoMapBackbone, name: str, spec: str) -> 
     "" -> nothing; "torchvision" -> torchvision's published weights through torchvision's own downloader
     (needs network access or torchvision's cache); anything else -> path of a local file holding a
     torchvision-style (RepVGG: official-style) classifier state dict. The classifier is dropped; any other
-    key that is missing, unexpected or of the wrong shape is an error naming the file and the keys.
+    key that is missing, unexpected or of the wrong shape is a CheckpointMismatchError naming the file and the keys.
     """
     if not spec:
         return
@@ -80,26 +82,10 @@ def load_pretrained_backbone(backbone: TwoMapBackbone, name: str, spec: str) -> 
         source = repr(spec)
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAINED file {spec!r} does not exist")
-        sd = torch.load(spec, map_location="cpu", weights_only=True)
-        for wrapper in ("state_dict", "model"):
-            if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
-                sd = sd[wrapper]
-        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+        sd = unwrap_state_dict(torch.load(spec, map_location="cpu", weights_only=True))
     sd = backbone.imagenet_to_ours(sd)
-
-    own = backbone.state_dict()
-    problems = [
-        f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
-        for k, v in sd.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    problems += [f"{k}: missing from the file" for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    problems += [f"{k}: not in the model" for k in sd if k not in own]
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ValueError(f"Pretrained weights {source} do not fit backbone {name}:\n  {shown}{more}")
-    backbone.load_state_dict(sd, strict=False)
+    check_state_dict_fits(backbone.state_dict(), sd, f"Pretrained weights {source} do not fit backbone {name}")
+    backbone.load_state_dict(sd, strict=False)  # torchvision's files may lack num_batches_tracked
 
 
 from . import repvgg, resnet, shufflenet, vgg  # noqa: E402,F401  (register the backbones)

@@ -4,6 +4,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from detectron2.modeling import BACKBONE_REGISTRY
 
@@ -24,10 +25,9 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int,
 
 
 def _fuse_conv_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> Tuple[Tensor, Tensor]:
-    """The kernel and bias of `bn(conv(x))` as one conv (BN in inference form)."""
-    std = (bn.running_var + bn.eps).sqrt()
-    t = bn.weight / std
-    return kernel * t.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * t
+    """The kernel and bias of `bn(conv(x))` as one conv (BN in inference form, torch's own fusion arithmetic)."""
+    weight, bias = fuse_conv_bn_weights(kernel, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    return weight.data, bias.data
 
 
 class RepVGGBlock(nn.Module):

@@ -1,35 +1,40 @@
 """
-The paper's SSD-style train-time augmentation, on detectron2's Augmentation/Transform API.
+The seed's train-time augmentation (`preproc` in data/data_augment.py at fd2c4cc) on detectron2's
+Augmentation/Transform API.
 
-Order (as in the paper's code): photometric distortion -> zoom-out expansion -> min-IoU random crop ->
-horizontal flip -> resize to S x S with a random interpolation; boxes whose shorter side ends under
-`MIN_BOX_SIDE_RATIO` of the image are dropped afterwards (`min_side_keep`).
+Order, as the seed: min-IoU crop -> photometric distortion -> zoom-out -> horizontal flip -> resize to S x S
+with one of five OpenCV interpolations. Boxes whose shorter side ends at or under `MIN_BOX_SIDE_RATIO` of the
+image are dropped afterwards (`min_side_keep`); when none is left, the mapper falls back to the original image
+resized, with all its boxes.
 
-Transforms cannot drop boxes, so the one augmentation that removes objects (the crop keeps only boxes whose
-centres fall inside it) is carried out by `DetectionAugInput`, which tracks which input boxes survive.
-All randomness comes from numpy's global RNG, as in detectron2: `np.random.seed` makes a run repeatable.
+The image stays uint8 throughout, as in the seed: the photometric distortion truncates to uint8 after each
+step and goes through OpenCV's uint8 HSV (hue 0-180) once. Transforms cannot drop boxes, so the one step that
+removes objects (the crop keeps the boxes whose centres fall inside it) is carried out by `DetectionAugInput`.
+The seed draws from Python's `random`; here all randomness comes from numpy's global RNG, as in detectron2, so
+`np.random.seed` makes a run repeatable: the samples differ from the seed's, their distributions do not
+(benchmarks/check_seed_augmentation.py measures both).
 """
-import functools
-
 import cv2
 import numpy as np
 from detectron2.data import transforms as T
-from fvcore.transforms.transform import CropTransform, NoOpTransform, PadTransform, TransformList
+from fvcore.transforms.transform import CropTransform, NoOpTransform, PadTransform, Transform, TransformList
 
 __all__ = [
     "CV2_INTERPOLATIONS",
+    "CV2ResizeTransform",
     "DetectionAugInput",
     "ExpandTransform",
-    "CV2ResizeTransform",
     "PhotometricDistortion",
+    "PhotometricTransform",
     "RandomExpand",
     "RandomInterpolationResize",
+    "RandomMinIoUCrop",
     "build_augmentation",
     "min_side_keep",
     "plain_resize",
 ]
 
-# The paper resizes training images with one of these, picked at random per image.
+# The seed resizes training images with one of these, picked at random per image.
 CV2_INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
 
 
@@ -46,7 +51,7 @@ class ExpandTransform(PadTransform):
 
 
 class CV2ResizeTransform(T.ResizeTransform):
-    """ResizeTransform with an OpenCV interpolation flag (detectron2's takes PIL's), as the paper resizes."""
+    """ResizeTransform with an OpenCV interpolation flag (detectron2's takes PIL's), as the seed resizes."""
 
     def apply_image(self, img, interp=None):
         assert img.shape[:2] == (self.h, self.w), (img.shape, (self.h, self.w))
@@ -60,93 +65,153 @@ class CV2ResizeTransform(T.ResizeTransform):
         return CV2ResizeTransform(self.new_h, self.new_w, self.h, self.w, self.interp)
 
 
-# ----------------------------------------------------------------------------- photometric ops
-# detectron2's RandomBrightness/RandomContrast blend towards black/the image mean; the paper adds a value and
-# multiplies, then changes hue and saturation in HSV, so these are written out here.
-def _as_input_dtype(out, like):
-    out = np.clip(out, 0, 255)
-    return np.round(out).astype(like.dtype) if like.dtype == np.uint8 else out.astype(like.dtype)
+def truncating_lut(alpha=1.0, beta=0.0):
+    """
+    The seed's `_convert` as a 256-entry table: v * alpha + beta in float64, clipped to [0, 255] and truncated
+    (not rounded) to uint8, as assigning floats into its uint8 image does.
+    """
+    return np.clip(np.arange(256, dtype=np.float64) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-def shift_brightness(img, delta):
-    """Add `delta` to every channel (0-255 scale)."""
-    return _as_input_dtype(img.astype(np.float32) + delta, img)
+class PhotometricTransform(Transform):
+    """
+    The seed's `_distort` with its random values drawn: brightness (add `brightness`), then contrast (multiply by
+    `contrast`), each truncated to uint8; then BGR -> HSV (OpenCV uint8: hue 0-179, saturation 0-255), hue
+    moved by the integer `hue` modulo 180, saturation multiplied by `saturation` and truncated, and back to BGR.
+    A None value skips its step; the HSV round trip happens in any case, as in the seed (it is lossy).
+    Per-pixel steps are 256-entry tables (cv2.LUT): the same numbers as the seed's float64 arithmetic.
+    """
+
+    def __init__(self, brightness=None, contrast=None, hue=None, saturation=None):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"PhotometricTransform needs a uint8 BGR image (H x W x 3), got {img.dtype} {img.shape}")
+        lut = np.arange(256, dtype=np.uint8)
+        if self.brightness is not None:
+            lut = truncating_lut(beta=self.brightness)[lut]
+        if self.contrast is not None:
+            lut = truncating_lut(alpha=self.contrast)[lut]
+        if self.brightness is not None or self.contrast is not None:
+            img = cv2.LUT(img, lut)
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        if self.hue is not None or self.saturation is not None:
+            hue = (np.arange(256) + (self.hue or 0)) % 180
+            saturation = truncating_lut(alpha=1.0 if self.saturation is None else self.saturation)
+            value = np.arange(256, dtype=np.uint8)
+            hsv = cv2.LUT(hsv, np.stack([hue.astype(np.uint8), saturation, value], axis=-1)[:, None])
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+    def apply_coords(self, coords):
+        return coords
+
+    def inverse(self):
+        return NoOpTransform()
 
 
-def scale_contrast(img, alpha):
-    """Multiply every channel by `alpha`."""
-    return _as_input_dtype(img.astype(np.float32) * alpha, img)
+# ----------------------------------------------------------------------------- augmentations
+class RandomMinIoUCrop(T.Augmentation):
+    """
+    The seed's `_crop`. Pick a mode at random among {no crop, IoU >= 0.1, 0.3, 0.5, 0.7, 0.9, unconstrained};
+    try up to 50 crops for it, then pick a new mode. A crop has scale s ~ U(0.3, 1) and aspect r with
+    r^2 ~ U(max(0.5, s^2), min(2, 1 / s^2)); its sides are int(s r W) x int(s / r H) and its offsets integers,
+    uniform in [0, W - w) and [0, H - h) (the seed's `random.randrange`). It is accepted when every box has at
+    least the mode's IoU with it and at least one box centre lies strictly inside it.
+
+    detectron2's MinIoURandomCrop samples the two sides independently (another distribution of crops), so it
+    is not used. The 50 trials of a mode are drawn at once and the first acceptable one taken: the trials are
+    independent, so this is the seed's distribution.
+    """
+
+    MODES = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -np.inf)  # None: no crop; -inf: no IoU constraint
+
+    def __init__(self, min_scale=0.3, trials=50):
+        self._init(locals())
+
+    def get_transform(self, image, boxes):
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if not len(boxes):
+            return NoOpTransform()
+        height, width = image.shape[:2]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        while True:  # ends: each round returns "no crop" with probability 1/7
+            min_iou = self.MODES[np.random.randint(len(self.MODES))]
+            if min_iou is None:
+                return NoOpTransform()
+            scale = np.random.uniform(self.min_scale, 1.0, self.trials)
+            ratio = np.sqrt(np.random.uniform(np.maximum(0.5, scale**2), np.minimum(2.0, 1.0 / scale**2)))
+            w = (scale * ratio * width).astype(np.int64)
+            h = (scale / ratio * height).astype(np.int64)
+            # the seed's randrange(n) is uniform on 0..n-1; at n = 0 it raises, here the offset is 0
+            left = (np.random.random_sample(self.trials) * (width - w)).astype(np.int64)
+            top = (np.random.random_sample(self.trials) * (height - h)).astype(np.int64)
+            rois = np.stack([left, top, left + w, top + h], axis=1).astype(np.float64)
+            ok = _iou(boxes, rois).min(axis=0) >= min_iou
+            inside = (rois[:, None, :2] < centres) & (centres < rois[:, None, 2:])  # trials x boxes x 2
+            ok &= inside.all(axis=2).any(axis=1)
+            if ok.any():
+                i = int(np.argmax(ok))
+                return CropTransform(int(left[i]), int(top[i]), int(w[i]), int(h[i]), width, height)
 
 
-def _in_hsv(img, op):
-    # Float HSV: hue in degrees [0, 360), saturation in [0, 1] (uint8 HSV quantises hue to 2 degrees).
-    hsv = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_BGR2HSV)
-    hsv = op(hsv)
-    return _as_input_dtype(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR) * 255.0, img)
-
-
-def shift_hue(img, degrees):
-    """Rotate the hue of a BGR image by `degrees`."""
-
-    def op(hsv):
-        hsv[..., 0] = np.mod(hsv[..., 0] + degrees, 360.0)
-        return hsv
-
-    return _in_hsv(img, op)
-
-
-def scale_saturation(img, alpha):
-    """Multiply the saturation of a BGR image by `alpha`."""
-
-    def op(hsv):
-        hsv[..., 1] = np.clip(hsv[..., 1] * alpha, 0.0, 1.0)
-        return hsv
-
-    return _in_hsv(img, op)
+def _iou(boxes, rois):
+    """IoU of every box (N x 4) with every roi (K x 4), N x K, as the seed's `matrix_iou` (areas without +1).
+    Numpy over all trials at once; detectron2's pairwise_iou would need torch tensors for every crop."""
+    lt = np.maximum(boxes[:, None, :2], rois[None, :, :2])
+    rb = np.minimum(boxes[:, None, 2:], rois[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_boxes = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    area_rois = np.prod(rois[:, 2:] - rois[:, :2], axis=1)
+    return inter / (area_boxes[:, None] + area_rois[None, :] - inter)
 
 
 class PhotometricDistortion(T.Augmentation):
     """
-    Brightness shift (+-`brightness_delta`), contrast scale, hue rotation (+-`hue_degrees`) and saturation
-    scale, each applied with probability `prob`. As in SSD, contrast comes either first or last (after hue
-    and saturation), chosen at random per image. Returns a TransformList of ColorTransforms (boxes untouched).
-    Hue is in degrees; the paper's code adds +-18 to OpenCV's uint8 hue channel, whose unit is 2 degrees.
+    The seed's `_distort`: brightness shift U(-`brightness_delta`, +) and contrast scale U(`contrast`), then in
+    HSV an integer hue shift in [-`hue_delta`, `hue_delta`] OpenCV units (2 degrees each: the seed's 18 is 36
+    degrees) and a saturation scale U(`saturation`), each with probability 1/2, always in that order.
     """
 
-    def __init__(self, brightness_delta=32.0, contrast=(0.5, 1.5), hue_degrees=18.0, saturation=(0.5, 1.5), prob=0.5):
+    def __init__(self, brightness_delta=32.0, contrast=(0.5, 1.5), hue_delta=18, saturation=(0.5, 1.5)):
         self._init(locals())
 
     def get_transform(self, image):
-        def maybe(op, value):
-            return [T.ColorTransform(functools.partial(op, **value))] if np.random.rand() < self.prob else []
-
-        tfms = maybe(shift_brightness, {"delta": np.random.uniform(-self.brightness_delta, self.brightness_delta)})
-        contrast_first = np.random.rand() < 0.5
-        contrast = maybe(scale_contrast, {"alpha": np.random.uniform(*self.contrast)})
-        hue = maybe(shift_hue, {"degrees": np.random.uniform(-self.hue_degrees, self.hue_degrees)})
-        saturation = maybe(scale_saturation, {"alpha": np.random.uniform(*self.saturation)})
-        tfms += contrast + hue + saturation if contrast_first else hue + saturation + contrast
-        return TransformList(tfms) if tfms else NoOpTransform()
+        brightness = np.random.uniform(-self.brightness_delta, self.brightness_delta) if _coin() else None
+        contrast = np.random.uniform(*self.contrast) if _coin() else None
+        hue = int(np.random.randint(-self.hue_delta, self.hue_delta + 1)) if _coin() else None
+        saturation = np.random.uniform(*self.saturation) if _coin() else None
+        return PhotometricTransform(brightness, contrast, hue, saturation)
 
 
-# ----------------------------------------------------------------------------- geometric augmentations
+def _coin():
+    return np.random.randint(2) == 1
+
+
 class RandomExpand(T.Augmentation):
     """
-    Zoom out: with probability `prob`, place the image at a random position of a canvas `ratio` times larger
-    (ratio uniform in [1, max_ratio]) filled with `fill` (the pixel mean, one value per channel).
+    The seed's `_expand` (zoom-out): with probability `prob`, paste the image at a random integer position of a
+    canvas filled with `fill` (the pixel mean, one value per channel). The canvas has scale s ~ U(1, max_ratio)
+    and aspect r with r^2 ~ U(max(0.5, 1 / s^2), min(2, s^2)): its sides are int(s r W) x int(s / r H), so its
+    area is s^2 times the image's while its shape may differ from the image's.
     """
 
     def __init__(self, max_ratio=4.0, fill=(104.0, 117.0, 123.0), prob=0.6):
         self._init(locals())
 
     def get_transform(self, image):
-        if np.random.rand() >= self.prob:
+        if np.random.random_sample() > self.prob:
             return NoOpTransform()
         h, w = image.shape[:2]
-        ratio = np.random.uniform(1.0, self.max_ratio)
-        new_h, new_w = int(h * ratio), int(w * ratio)
-        left = int(np.random.uniform(0, new_w - w))
-        top = int(np.random.uniform(0, new_h - h))
+        while True:  # the seed's retry; r^2 in [1 / s^2, s^2] keeps both factors >= 1 but for rounding
+            scale = np.random.uniform(1.0, self.max_ratio)
+            ratio = np.sqrt(np.random.uniform(max(0.5, 1.0 / scale**2), min(2.0, scale**2)))
+            if scale * ratio >= 1 and scale / ratio >= 1:
+                break
+        new_w, new_h = int(scale * ratio * w), int(scale / ratio * h)
+        left = int(np.random.randint(0, new_w - w + 1))
+        top = int(np.random.randint(0, new_h - h + 1))
         return ExpandTransform(
             left, top, new_w - w - left, new_h - h - top, orig_w=w, orig_h=h, pad_value=tuple(self.fill)
         )
@@ -164,25 +229,22 @@ class RandomInterpolationResize(T.Augmentation):
 
 
 def plain_resize(size):
-    """The paper's test preprocessing: resize to `size` x `size` with cv2.INTER_LINEAR."""
+    """The seed's test preprocessing: resize to `size` x `size` with cv2.INTER_LINEAR."""
     return RandomInterpolationResize(size, interps=(cv2.INTER_LINEAR,))
 
 
 def build_augmentation(cfg, is_train):
     """
-    The augmentations of one image: the paper's recipe at train time with INPUT.MG_AUGMENT, else only the
-    resize to INPUT.SIZE with cv2.INTER_LINEAR (the paper's test preprocessing).
+    The augmentations of one image: the seed's recipe at train time with INPUT.MG_AUGMENT, else only the
+    resize to INPUT.SIZE with cv2.INTER_LINEAR (the seed's test preprocessing).
     """
     size = cfg.INPUT.SIZE
     if not (is_train and cfg.INPUT.MG_AUGMENT):
         return [plain_resize(size)]
     return [
-        PhotometricDistortion(),
+        RandomMinIoUCrop(),
+        PhotometricDistortion(hue_delta=cfg.INPUT.HUE_DELTA),
         RandomExpand(cfg.INPUT.EXPAND_MAX_RATIO, fill=tuple(cfg.MODEL.PIXEL_MEAN), prob=cfg.INPUT.EXPAND_PROB),
-        # detectron2's MinIoURandomCrop is SSD's sampler: modes none/0.1/0.3/0.5/0.7/0.9/unconstrained, sides
-        # 0.3-1 of the image, aspect 0.5-2, at least one box centre inside. Dropping the other boxes is
-        # DetectionAugInput's job.
-        T.MinIoURandomCrop(min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop_size=0.3),
         T.RandomFlip(prob=0.5, horizontal=True, vertical=False),
         RandomInterpolationResize(size),
     ]
@@ -191,8 +253,8 @@ def build_augmentation(cfg, is_train):
 # ----------------------------------------------------------------------------- boxes through the augmentations
 class DetectionAugInput(T.AugInput):
     """
-    AugInput whose boxes follow the detection rules of the paper: a CropTransform keeps only the boxes whose
-    centres fall strictly inside the crop, and after every transform boxes are clipped to the image.
+    AugInput whose boxes follow the seed's rules: a CropTransform keeps only the boxes whose centres fall
+    strictly inside the crop, and after every transform boxes are clipped to the image.
     `self.kept` holds, for each remaining box, its index in the input boxes (to select classes with).
     """
 
@@ -222,11 +284,11 @@ class DetectionAugInput(T.AugInput):
 
 def min_side_keep(boxes, image_size, min_side_ratio):
     """
-    Mask of the boxes (N x 4 XYXY) kept: the shorter side, relative to the image side along it, must be at
-    least `min_side_ratio`; empty boxes are never kept. `image_size` is (height, width).
+    Mask of the boxes (N x 4 XYXY) kept: the shorter side, relative to the image side along it, must be more
+    than `min_side_ratio` (strictly, as the seed's `np.minimum(b_w, b_h) > 0.01`). `image_size` is (h, w).
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     h, w = image_size
     rel_w = (boxes[:, 2] - boxes[:, 0]) / w
     rel_h = (boxes[:, 3] - boxes[:, 1]) / h
-    return (np.minimum(rel_w, rel_h) >= min_side_ratio) & (rel_w > 0) & (rel_h > 0)
+    return (np.minimum(rel_w, rel_h) > min_side_ratio) & (rel_w > 0) & (rel_h > 0)

@@ -11,11 +11,20 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
-from detectron2.data.datasets.coco import load_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
-from detectron2.data.datasets.pascal_voc import load_voc_instances
 
-__all__ = ["VOC_CLASS_NAMES", "check_dataset_paths", "register_all_mutual_guide", "voc_required_paths"]
+from .check import register_checked_dataset
+from .coco_reader import read_coco_dataset
+from .voc_reader import read_voc_dataset
+
+__all__ = [
+    "VOC_CLASS_NAMES",
+    "check_dataset_paths",
+    "register_all_mutual_guide",
+    "register_coco_checked",
+    "register_voc_checked",
+    "voc_required_paths",
+]
 
 VOC_LAYOUT = (
     "<root>/Annotations/<id>.xml, <root>/JPEGImages/<id>.jpg and <root>/ImageSets/Main/<split>.txt (one id a line)"
@@ -68,30 +77,40 @@ def check_dataset_paths(names):
         _check_paths(name)
 
 
-def register_voc_checked(name, dirname, split, year, class_names=VOC_CLASS_NAMES):
-    """register_pascal_voc, plus evaluator_type and a loader that checks the layout before reading."""
+def register_voc_checked(name, dirname, split, year, class_names=VOC_CLASS_NAMES, **metadata):
+    """
+    register_pascal_voc's metadata, read by our VOC reader (voc_reader.py), with evaluator_type and a check
+    of the layout before reading.
+    """
 
-    def load():
+    def read():
         _check_paths(name)
-        return load_voc_instances(dirname, split, class_names)
+        return read_voc_dataset(dirname, split, class_names)
 
     _REQUIRED_PATHS[name] = voc_required_paths(dirname, split)
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        thing_classes=list(class_names), dirname=dirname, year=year, split=split, evaluator_type="pascal_voc"
+    register_checked_dataset(
+        name, read, thing_classes=list(class_names), dirname=dirname, year=year, split=split,
+        evaluator_type="pascal_voc", **metadata
     )
 
 
 def register_coco_checked(name, metadata, json_file, image_root):
-    """register_coco_instances with a loader that checks the json file and image folder before reading."""
+    """
+    register_coco_instances' metadata, read by our COCO reader (coco_reader.py), with a check of the json
+    file and image folder before reading. Class names and ids are set from the json when it is read.
+    """
 
-    def load():
+    def read():
         _check_paths(name)
-        return load_coco_json(json_file, image_root, name)
+        records, problems, found = read_coco_dataset(json_file, image_root)
+        if found:
+            MetadataCatalog.get(name).set(**found)
+        return records, problems
 
     _REQUIRED_PATHS[name] = [(json_file, "annotation json file"), (image_root, "image folder")]
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+    register_checked_dataset(
+        name, read, json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
+    )
 
 
 def register_all_mutual_guide(root):

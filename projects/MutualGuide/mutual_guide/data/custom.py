@@ -4,16 +4,16 @@ Datasets declared in the config, without code: each DATASETS.CUSTOM entry is "na
     "mydata_train:voc:root=/data/mine;split=train;classes=cat,dog"        (optional: year=2007, default 2012)
     "mydata_val:coco:json=/data/mine/val.json;images=/data/mine/images"
 
-They are registered with detectron2's own register_pascal_voc / register_coco_instances, so datasets
-registered in Python with those functions work the same way.
+They get the metadata detectron2's register_pascal_voc / register_coco_instances give (so datasets registered
+in Python with those functions evaluate the same way), and are read by our readers (voc_reader.py,
+coco_reader.py), which accept what the formats allow and name the file of every problem.
 """
 import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
-from .builtin import VOC_LAYOUT, voc_required_paths
+from .builtin import VOC_LAYOUT, register_coco_checked, register_voc_checked, voc_required_paths
 
 __all__ = ["parse_custom_spec", "register_custom_dataset", "register_custom_datasets"]
 
@@ -84,13 +84,12 @@ def register_custom_dataset(entry):
         root = options["root"]
         for path, what in voc_required_paths(root, options["split"]):
             _check_exists(entry, "root", path, what, VOC_LAYOUT)
-        register_pascal_voc(name, root, options["split"], options["year"], class_names=options["classes"])
-        MetadataCatalog.get(name).set(evaluator_type="pascal_voc", custom_spec=entry)
+        register_voc_checked(name, root, options["split"], options["year"], options["classes"], custom_spec=entry)
     else:
         layout = "a COCO instances json file and the folder of its images"
         _check_exists(entry, "json", options["json"], "annotation file", layout)
         _check_exists(entry, "images", options["images"], "image folder", layout)
-        register_coco_instances(name, {"custom_spec": entry}, options["json"], options["images"])
+        register_coco_checked(name, {"custom_spec": entry}, options["json"], options["images"])
     logger.info(f"Registered dataset {name!r} ({fmt}) from DATASETS.CUSTOM")
     return name
 

@@ -10,7 +10,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, Boxes, Instances
 from detectron2.utils.logger import log_every_n_seconds
 
-from .augmentation import DetectionAugInput, build_augmentation, min_side_keep, plain_resize
+from .augmentation import DetectionAugInput, RandomInterpolationResize, build_augmentation, min_side_keep, plain_resize
 
 __all__ = ["MutualGuideDatasetMapper", "read_image_checked", "annotations_to_boxes"]
 
@@ -27,12 +27,13 @@ def read_image_checked(file_name, image_format):
         raise OSError(f"Cannot read image file {file_name}: {type(e).__name__}: {e}") from e
 
 
-def annotations_to_boxes(annotations, image_size):
+def annotations_to_boxes(annotations, image_size, crowd_boxes=False):
     """
-    XYXY_ABS boxes (N x 4 float32) and class ids (N int64) of the non-crowd annotations, clipped to the image;
-    boxes left empty by clipping are dropped. Returns (boxes, classes, number dropped).
+    XYXY_ABS boxes (N x 4 float32) and class ids (N int64) of the annotations (crowd ones only with
+    `crowd_boxes`), clipped to the image; boxes left empty by clipping are dropped.
+    Returns (boxes, classes, number dropped).
     """
-    annotations = [a for a in annotations if a.get("iscrowd", 0) == 0]
+    annotations = [a for a in annotations if crowd_boxes or a.get("iscrowd", 0) == 0]
     boxes = np.array(
         [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float32
     ).reshape(-1, 4)
@@ -49,20 +50,37 @@ class MutualGuideDatasetMapper:
     "height"/"width" of the original image, the input's other fields ("file_name", "image_id", ...), and at
     train time "instances" with `gt_boxes` (XYXY, pixels of the S x S image) and `gt_classes` (from 0).
 
-    Train time: the paper's augmentation (INPUT.MG_AUGMENT) or a plain resize; boxes outside the image are
-    clipped, empty ones dropped (counted in `self.num_dropped_empty` and logged), boxes whose shorter side
-    ends under MIN_BOX_SIDE_RATIO of the image are dropped. If augmentation loses every object of an image
-    that had some, the image is used resized only, as in the paper's code. Images without objects give
-    empty Instances. Test time: resize only, annotations removed.
+    Train time, as the seed's `preproc`: boxes outside the image are clipped, empty ones dropped (counted in
+    `self.num_dropped_empty` and logged); the augmentation (INPUT.MG_AUGMENT) or a plain resize runs, and the
+    boxes whose shorter side is not more than MIN_BOX_SIDE_RATIO of the image are dropped. If none is left,
+    the original image is resized (`fallback_resize`) and keeps all its boxes. An image without objects is
+    only resized (`fallback_resize`) and gives empty Instances. Test time: resize only, annotations removed.
     """
 
     @configurable
-    def __init__(self, is_train, *, augmentations, image_format, min_box_side_ratio, size):
+    def __init__(
+        self, is_train, *, augmentations, image_format, min_box_side_ratio, size, fallback_resize=None,
+        train_crowd_boxes=False,
+    ):
+        """
+        Args:
+            is_train: train-time (augment, keep annotations) or test-time (resize only) mapping.
+            augmentations: the train-time Augmentations, ending at size x size.
+            image_format: the format images are read in (INPUT.FORMAT).
+            min_box_side_ratio: boxes whose shorter side is not more than this fraction of the image side are
+                dropped after augmentation.
+            size: the input side (test-time resize).
+            fallback_resize: the resize of images without objects and of the fall-back; the seed's picks a
+                random interpolation. Default: cv2.INTER_LINEAR.
+            train_crowd_boxes: train crowd annotations as ordinary objects (the seed's COCO loader does).
+        """
         self.is_train = is_train
         self.augmentations = augmentations
         self.resize_only = plain_resize(size)
+        self.fallback_resize = fallback_resize or self.resize_only
         self.image_format = image_format
         self.min_box_side_ratio = min_box_side_ratio
+        self.train_crowd_boxes = train_crowd_boxes
         self.num_dropped_empty = 0
         logger.info(f"[MutualGuideDatasetMapper] augmentations ({'train' if is_train else 'test'}): {augmentations}")
 
@@ -74,6 +92,8 @@ class MutualGuideDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "min_box_side_ratio": cfg.INPUT.MIN_BOX_SIDE_RATIO,
             "size": cfg.INPUT.SIZE,
+            "fallback_resize": RandomInterpolationResize(cfg.INPUT.SIZE) if cfg.INPUT.MG_AUGMENT else None,
+            "train_crowd_boxes": cfg.INPUT.TRAIN_CROWD_BOXES,
         }
 
     def __call__(self, dataset_dict):
@@ -88,7 +108,7 @@ class MutualGuideDatasetMapper:
             dataset_dict["image"] = _to_tensor(aug_input.image)
             return dataset_dict
 
-        boxes, classes, dropped = annotations_to_boxes(annotations or [], image.shape[:2])
+        boxes, classes, dropped = annotations_to_boxes(annotations or [], image.shape[:2], self.train_crowd_boxes)
         if dropped:
             self.num_dropped_empty += dropped
             log_every_n_seconds(
@@ -99,9 +119,10 @@ class MutualGuideDatasetMapper:
                 name=__name__,
             )
 
-        aug_input = self._augment(image, boxes, self.augmentations)
-        if len(boxes) and not len(aug_input.boxes):
-            aug_input = self._augment(image, boxes, [self.resize_only])
+        aug_input = self.augment(image, boxes)[0] if len(boxes) else None
+        if aug_input is None or not len(aug_input.boxes):
+            aug_input = DetectionAugInput(image, boxes=boxes)
+            self.fallback_resize(aug_input)
 
         instances = Instances(aug_input.image.shape[:2])
         instances.gt_boxes = Boxes(torch.as_tensor(aug_input.boxes, dtype=torch.float32).reshape(-1, 4))
@@ -110,13 +131,16 @@ class MutualGuideDatasetMapper:
         dataset_dict["instances"] = instances
         return dataset_dict
 
-    def _augment(self, image, boxes, augmentations):
-        """Run `augmentations`, then drop the boxes under the minimum side; returns the DetectionAugInput."""
+    def augment(self, image, boxes):
+        """
+        Run the augmentations on an image (H x W x 3 uint8) and its boxes (N x 4 XYXY), then drop the boxes under
+        the minimum side. Returns the DetectionAugInput and the transforms applied. No fall-back here.
+        """
         aug_input = DetectionAugInput(image, boxes=boxes)
-        T.AugmentationList(augmentations)(aug_input)
+        transforms = T.AugmentationList(self.augmentations)(aug_input)
         keep = min_side_keep(aug_input.boxes, aug_input.image.shape[:2], self.min_box_side_ratio)
         aug_input.boxes, aug_input.kept = aug_input.boxes[keep], aug_input.kept[keep]
-        return aug_input
+        return aug_input, transforms
 
 
 def _to_tensor(image):

@@ -12,7 +12,9 @@ from torch import nn
 NECK_REGISTRY = Registry("NECK")
 NECK_REGISTRY.__doc__ = """
 Necks of the Mutual Guidance detector, registered as builder functions named after MODEL.NECK.NAME
-("SSD", "FPN", "PAFPN", "RFB"), called as `builder(cfg, in_channels: List[int], num_levels: int)`.
+("SSD", "FPN", "PAFPN", "RFB"), called by `build_neck` as
+`builder(in_channels=[channels at stride 8, at stride 16], num_levels=4 or 5, out_channels=MODEL.NECK.OUT_CHANNELS)`
+and returning a module with `num_levels`, `out_channels` and `forward([s8, s16]) -> list of num_levels maps`.
 """
 
 __all__ = ["NECK_REGISTRY", "build_neck"]
@@ -23,14 +25,10 @@ def build_neck(cfg, input_shapes: Dict[str, ShapeSpec]) -> nn.Module:
     The neck named by cfg.MODEL.NECK.NAME, fed the backbone maps of `input_shapes` ordered by stride.
 
     The number of levels follows the input size (`anchors.num_levels_for(cfg.INPUT.SIZE)`): 4 below 512, else 5.
-    MODEL.NECK.NORM (when declared) must be "BN" or "SyncBN"; both build nn.BatchNorm2d here, SyncBN being a
-    conversion made later by the trainer.
+    Necks use nn.BatchNorm2d; MODEL.MUTUAL_GUIDE.SYNC_BN converts them (and the backbone's) for multi-GPU runs.
     """
     from ..anchors import num_levels_for
 
-    norm = cfg.MODEL.NECK.get("NORM", "BN")
-    if norm not in ("BN", "SyncBN"):
-        raise ValueError(f"MODEL.NECK.NORM must be 'BN' or 'SyncBN', got {norm!r}")
     shapes = sorted(input_shapes.values(), key=lambda s: s.stride)
     if [s.stride for s in shapes] != [8, 16]:
         raise ValueError(f"Necks need backbone maps of strides 8 and 16, got {[s.stride for s in shapes]}")

@@ -5,8 +5,6 @@ The authors' repository has no RFB neck, so this form is ours. It follows RFBNet
 (Liu et al., ECCV 2018, "Receptive Field Block Net"): branches that see the same input through 3x3 convs of
 increasing dilation, concatenated, projected by a 1x1 conv, scaled and added to a 1x1 shortcut.
 """
-from typing import List, Sequence
-
 import torch
 from torch import Tensor, nn
 
@@ -49,16 +47,11 @@ class ReceptiveFieldBlock(nn.Module):
 class RFBNeck(SSDNeck):
     """SSD neck whose `pyramid_ext` is RFB blocks: stride 1 at level 0, stride 2 for each further level."""
 
-    def __init__(self, in_channels: Sequence[int], num_levels: int, out_channels: int = 128):
-        super().__init__(in_channels, num_levels, out_channels)
-        fused = out_channels * len(in_channels)
-        self.pyramid_ext = nn.ModuleList(
-            [ReceptiveFieldBlock(fused, out_channels)]
+    def build_pyramid(self, in_channels: int, out_channels: int, num_levels: int) -> nn.ModuleList:
+        return nn.ModuleList(
+            [ReceptiveFieldBlock(in_channels, out_channels)]
             + [ReceptiveFieldBlock(out_channels, out_channels, stride=2) for _ in range(num_levels - 1)]
         )
-
-    def forward(self, features: List[Tensor]) -> List[Tensor]:
-        return self.pyramid(features)
 
 
 @NECK_REGISTRY.register()

@@ -23,7 +23,11 @@ class SSDNeck(nn.Module):
         self.ft_module = nn.ModuleList(
             ConvBNReLU(c, out_channels, 1, upsample=2**i) for i, c in enumerate(in_channels)
         )
-        self.pyramid_ext = pyramid_extractor(out_channels * len(in_channels), out_channels, num_levels)
+        self.pyramid_ext = self.build_pyramid(out_channels * len(in_channels), out_channels, num_levels)
+
+    def build_pyramid(self, in_channels: int, out_channels: int, num_levels: int) -> nn.ModuleList:
+        """The layers making level 0 from the fused map and each further level from the one before."""
+        return pyramid_extractor(in_channels, out_channels, num_levels)
 
     def pyramid(self, features: List[Tensor]) -> List[Tensor]:
         x = torch.cat([transform(f) for transform, f in zip(self.ft_module, features)], dim=1)
