@@ -17,7 +17,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
 from mutual_guide.anchors import generate_anchors, num_levels_for
-from mutual_guide.assignment import label_anchors, pad_ground_truth
+from mutual_guide.assignment import build_anchor_matcher, pad_ground_truth
 from mutual_guide.losses import mutual_guide_losses
 
 
@@ -81,9 +81,8 @@ def main():
 
         def vectorised_assign():
             gt_boxes, gt_classes, valid = pad_ground_truth(instances)
-            labels = label_anchors(
-                anchors, gt_boxes, gt_classes, valid, pred_boxes, logits.detach(), mutual, num_classes=args.classes
-            )
+            matcher = build_anchor_matcher(mutual, (0.4, 0.5), args.classes)
+            labels = matcher(anchors, gt_boxes, gt_classes, valid, pred_boxes, logits.detach())
             return gt_boxes, labels
 
         t_vec_assign, (gt_boxes, labels) = best_time(vectorised_assign, args.repeats)

@@ -58,11 +58,12 @@ def paper_style_losses(model, oracle, logits, deltas, batch):
     size = model.input_size
     boxes = [x["instances"].gt_boxes.tensor for x in batch]
     classes = [x["instances"].gt_classes for x in batch]
-    pred_boxes = model.decode_boxes(deltas.detach()) / size if model.mutual_guidance else None
+    mutual_guidance = model.anchor_matcher.uses_predictions
+    pred_boxes = model.decode_boxes(deltas.detach()) / size if mutual_guidance else None
     # IoUs relative to the image side, as the seed (and ours) measure them
     labels = oracle.oracle_label_anchors(
         model.normalized_anchors, [b / size for b in boxes], classes, model.num_classes, pred_boxes=pred_boxes,
-        pred_logits=logits.detach(), mutual_guidance=model.mutual_guidance,
+        pred_logits=logits.detach(), mutual_guidance=mutual_guidance,
     )
     cls_labels = labels["cls_labels"]
     one_hot = torch.zeros(*cls_labels.shape, model.num_classes + 1)  # background as an extra column

@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import mutual_guide
+from mutual_guide.assignment import build_anchor_matcher
 
 
 def load_seed_loss(seed_repo):
@@ -80,7 +81,8 @@ def main():
                 seed_loss_box, seed_loss_cls = MultiBoxLoss(args.num_classes + 1, mutual_guide=mutual)(
                     (deltas, logits), priors, targets
                 )
-                model.mutual_guidance = mutual
+                thresholds = cfg.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS
+                model.anchor_matcher = build_anchor_matcher(mutual, thresholds, args.num_classes)
                 for ignore in ("anchor", "class"):
                     model.ignore = ignore
                     ours = model.losses(logits, deltas, gt)

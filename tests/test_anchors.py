@@ -86,15 +86,15 @@ def test_ties_between_anchors_break_as_in_the_authors_frame():
     from detectron2.structures import Boxes, pairwise_iou
 
     from mutual_guide.anchors import generate_normalized_anchors
-    from mutual_guide.assignment import label_anchors
+    from mutual_guide.assignment import BestAnchorIoUMatcher
 
     box = torch.tensor([[13.758645057678223, 135.7713623046875, 133.61485290527344, 146.92062377929688]])
     pixel_iou = pairwise_iou(Boxes(box), Boxes(generate_anchors(320, 24.0, 4)))[0]
     assert pixel_iou[4114] == pixel_iou[4162] == pixel_iou.max()
 
-    labels = label_anchors(
+    labels = BestAnchorIoUMatcher((0.4, 0.5), 1)(
         generate_normalized_anchors(320, 24.0, 4), box[None] / 320, torch.zeros(1, 1, dtype=torch.long),
-        torch.ones(1, 1, dtype=torch.bool), mutual_guidance=False, num_classes=1,
+        torch.ones(1, 1, dtype=torch.bool),
     )
     assert labels.reg_mask[0].nonzero().flatten().tolist() == [4162]
 

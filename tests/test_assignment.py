@@ -9,8 +9,9 @@ from detectron2.structures import Boxes, Instances
 from mutual_guide.assignment import (
     AnchorLabels,
     BestAnchorIoUMatcher,
+    MutualGuidanceMatcher,
     batched_pairwise_iou,
-    label_anchors,
+    build_anchor_matcher,
     pad_ground_truth,
 )
 
@@ -28,9 +29,8 @@ def strip(height):
 
 def iou_labels(anchors, boxes, classes):
     gt_boxes = torch.tensor([boxes])
-    return label_anchors(
-        torch.tensor(anchors), gt_boxes, torch.tensor([classes]), torch.ones(1, len(boxes), dtype=torch.bool),
-        mutual_guidance=False, num_classes=C,
+    return BestAnchorIoUMatcher((0.4, 0.5), C)(
+        torch.tensor(anchors), gt_boxes, torch.tensor([classes]), torch.ones(1, len(boxes), dtype=torch.bool)
     )
 
 
@@ -38,10 +38,9 @@ def mutual_labels(anchors, boxes, classes, pred_boxes, logits=None):
     anchors = torch.tensor(anchors)
     if logits is None:
         logits = torch.zeros(len(anchors), C)
-    return label_anchors(
+    return MutualGuidanceMatcher((0.4, 0.5), C)(
         anchors, torch.tensor([boxes]), torch.tensor([classes]), torch.ones(1, len(boxes), dtype=torch.bool),
         pred_boxes=torch.tensor([pred_boxes]), pred_logits=torch.as_tensor(logits, dtype=torch.float)[None],
-        mutual_guidance=True,
     )
 
 
@@ -78,7 +77,7 @@ def test_iou_shared_best_anchor_goes_to_later_box():
 
 def test_matcher_alone_on_batched_matrix():
     iou = torch.tensor([[[0.3, 0.45, 0.7]], [[0.0, 0.0, 0.0]]])
-    matches, match_labels = BestAnchorIoUMatcher((0.4, 0.5))(iou, torch.tensor([[True], [False]]))
+    matches, match_labels = BestAnchorIoUMatcher((0.4, 0.5), C).match(iou, torch.tensor([[True], [False]]))
     assert match_labels.tolist() == [[0, -1, 1], [0, 0, 0]]
     assert matches[0].tolist() == [0, 0, 0]
 
@@ -145,9 +144,10 @@ def test_padded_boxes_never_assigned(mutual):
     # padding rows hold garbage that matches anchors 2 and 3 well
     gt_boxes = torch.tensor([[BOX, [20.0, 20.0, 30.0, 30.0], [20.0, 20.0, 30.0, 29.5]]])
     valid = torch.tensor([[True, False, False]])
-    kwargs = dict(pred_boxes=anchors[None], pred_logits=torch.zeros(1, 4, C), mutual_guidance=mutual)
-    labels = label_anchors(anchors, gt_boxes, torch.tensor([[1, 2, 3]]), valid, **kwargs)
-    alone = label_anchors(anchors, gt_boxes[:, :1], torch.tensor([[1]]), valid[:, :1], **kwargs)
+    kwargs = dict(pred_boxes=anchors[None], pred_logits=torch.zeros(1, 4, C))
+    matcher = build_anchor_matcher(mutual, (0.4, 0.5), C)
+    labels = matcher(anchors, gt_boxes, torch.tensor([[1, 2, 3]]), valid, **kwargs)
+    alone = matcher(anchors, gt_boxes[:, :1], torch.tensor([[1]]), valid[:, :1], **kwargs)
     assert labels.cls_labels.tolist() == [[1, 1, C, C]]
     assert labels.cls_labels.tolist() == alone.cls_labels.tolist()
     assert labels.reg_mask.tolist() == [[True, True, False, False]]
@@ -159,9 +159,9 @@ def test_empty_image_in_batch_is_all_negative(mutual):
     anchors = torch.tensor([strip(10), strip(8), [20.0, 20.0, 30.0, 30.0]])
     gt_boxes = torch.tensor([[BOX], [[0.0] * 4]])
     valid = torch.tensor([[True], [False]])
-    labels = label_anchors(
+    labels = build_anchor_matcher(mutual, (0.4, 0.5), C)(
         anchors, gt_boxes, torch.tensor([[1], [0]]), valid, pred_boxes=anchors.expand(2, 3, 4),
-        pred_logits=torch.zeros(2, 3, C), mutual_guidance=mutual,
+        pred_logits=torch.zeros(2, 3, C),
     )
     assert labels.cls_labels.tolist() == [[1, 1, C], [C, C, C]]
     assert labels.reg_mask.tolist() == [[True, True, False], [False, False, False]]
@@ -170,19 +170,30 @@ def test_empty_image_in_batch_is_all_negative(mutual):
 @pytest.mark.parametrize("mutual", [True, False])
 def test_empty_batch_is_all_negative(mutual):
     anchors = torch.tensor([strip(10), strip(8)])
-    labels = label_anchors(
+    labels = build_anchor_matcher(mutual, (0.4, 0.5), C)(
         anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool),
-        pred_boxes=anchors.expand(2, 2, 4), pred_logits=torch.zeros(2, 2, C), mutual_guidance=mutual,
+        pred_boxes=anchors.expand(2, 2, 4), pred_logits=torch.zeros(2, 2, C),
     )
     assert isinstance(labels, AnchorLabels)
     assert labels.cls_labels.tolist() == [[C, C], [C, C]]
     assert not labels.reg_mask.any()
 
 
-def test_baseline_needs_num_classes_without_logits():
-    with pytest.raises(ValueError):
-        label_anchors(torch.zeros(1, 4), torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.long),
-                      torch.zeros(1, 0, dtype=torch.bool), mutual_guidance=False)
+def test_mutual_guidance_needs_predictions_of_its_classes():
+    gt = (torch.tensor([strip(10)]), torch.tensor([[BOX]]), torch.tensor([[1]]), torch.ones(1, 1, dtype=torch.bool))
+    matcher = MutualGuidanceMatcher((0.4, 0.5), C)
+    with pytest.raises(ValueError, match="needs pred_boxes and pred_logits"):
+        matcher(*gt)
+    with pytest.raises(ValueError, match="pred_logits have 5 classes, the matcher was built for 6"):
+        matcher(*gt, pred_boxes=torch.tensor([[BOX]]), pred_logits=torch.zeros(1, 1, 5))
+    # the baseline reads no prediction
+    assert BestAnchorIoUMatcher((0.4, 0.5), C)(*gt).cls_labels.tolist() == [[1]]
+
+
+@pytest.mark.parametrize("thresholds", [(0.5, 0.4), (0.4,), (-0.1, 0.5), (0.4, 1.5)])
+def test_bad_thresholds_are_refused_with_their_value(thresholds):
+    with pytest.raises(ValueError, match=r"IoU thresholds must be \[low, high\]"):
+        build_anchor_matcher(True, thresholds, C)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -229,8 +240,8 @@ def test_vectorised_equals_oracle(mutual, seed, max_boxes, integer, duplicates, 
         Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)
     ]
     gt_boxes, gt_classes, valid = pad_ground_truth(instances)
-    labels = label_anchors(anchors, gt_boxes, gt_classes, valid, pred, logits, mutual_guidance=mutual)
     num_classes = logits.shape[-1]
+    labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred, logits)
     expected = oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits, mutual_guidance=mutual)
     assert_same_labels(labels, expected)
     if max_boxes:

@@ -9,7 +9,7 @@ from fvcore.nn import sigmoid_focal_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-from mutual_guide.assignment import AnchorLabels, label_anchors, pad_ground_truth
+from mutual_guide.assignment import AnchorLabels, build_anchor_matcher, pad_ground_truth
 from mutual_guide.losses import balanced_l1_loss, mutual_guide_losses, sigmoid_focal_loss_sum
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -169,8 +169,8 @@ def test_losses_equal_oracle(mutual, seed, max_boxes, ignore, random_batch):
     deltas = torch.randn(logits.shape[0], len(anchors), 4, generator=torch.Generator().manual_seed(seed))
     instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
     gt_boxes, gt_classes, valid = pad_ground_truth(instances)
-    labels = label_anchors(anchors, gt_boxes, gt_classes, valid, pred, logits, mutual_guidance=mutual)
     num_classes = logits.shape[-1]
+    labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred, logits)
     expected_labels = oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits, mutual_guidance=mutual)
     kwargs = dict(focal_alpha=0.3, focal_gamma=1.5, bl1_alpha=0.5, bl1_gamma=1.5, bl1_beta=0.11, ignore=ignore)
     out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
@@ -190,7 +190,7 @@ def test_losses_equal_oracle(mutual, seed, max_boxes, ignore, random_batch):
 def test_image_without_boxes_trains(mutual, random_batch):
     anchors, boxes, classes, pred, logits = random_batch(20, 0)
     gt_boxes, gt_classes, valid = torch.zeros(4, 0, 4), torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, 0).bool()
-    labels = label_anchors(anchors, gt_boxes, gt_classes, valid, pred, logits, mutual_guidance=mutual)
+    labels = build_anchor_matcher(mutual, (0.4, 0.5), logits.shape[-1])(anchors, gt_boxes, gt_classes, valid, pred, logits)
     logits = logits.clone().requires_grad_()
     deltas = torch.randn(4, len(anchors), 4, requires_grad=True)
     out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B)

@@ -35,6 +35,7 @@ from detectron2.structures import Boxes, Instances
 import mutual_guide
 import mutual_guide.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
+from mutual_guide.assignment import build_anchor_matcher
 from mutual_guide.engine import check_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,10 +136,11 @@ def measure(cfg, batch_sizes, iters: int, assign_batch: int, flops: bool = True)
     logits = (torch.randn(n, a, c, generator=g) * 1.5 - 4).to(device)
     deltas = (torch.randn(n, a, 4, generator=g) * 0.5).to(device)
     gt = synthetic_ground_truth(n, size, c, device)
+    configured = model.anchor_matcher
     for key, enabled in (("assign_mg_ms", True), ("assign_iou_ms", False)):
-        model.mutual_guidance = enabled
+        model.anchor_matcher = build_anchor_matcher(enabled, cfg.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS, c)
         result[key] = time_it(lambda: model.label_anchors(logits, deltas, gt), max(1, iters // 2), device) * 1e3
-    model.mutual_guidance = cfg.MODEL.MUTUAL_GUIDE.ENABLED
+    model.anchor_matcher = configured
 
     if flops:
         from fvcore.nn import FlopCountAnalysis

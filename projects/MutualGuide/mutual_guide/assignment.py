@@ -1,7 +1,8 @@
 """
 Anchor assignment: which anchors each task learns from, and which box each of them learns.
 
-Two matchers, both batched over images and boxes (ground truth padded to [N, G, 4] with a validity mask):
+Two anchor matchers with one interface, built once and handed to the detector as detectron2's `RetinaNet` is
+handed its `anchor_matcher`:
 
 * `BestAnchorIoUMatcher`, the baseline: detectron2's `Matcher` on anchor IoU, plus each box's single best anchor
   forced to it.
@@ -9,9 +10,11 @@ Two matchers, both batched over images and boxes (ground truth padded to [N, G, 
   predicted boxes) and *classify to localize* (regression positives chosen by an IoU weighted with the predicted
   class probability).
 
-`label_anchors` turns either into `AnchorLabels`, what `losses.mutual_guide_losses` consumes.
+Calling either with the anchors, the padded ground truth (`pad_ground_truth`) and, for mutual guidance, the
+predicted boxes and class logits returns `AnchorLabels`, what the losses consume. Both are batched over images
+and boxes; `match` is the same rule on the quality matrices alone, as detectron2's `Matcher`.
 """
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -25,7 +28,7 @@ __all__ = [
     "BestAnchorIoUMatcher",
     "MutualGuidanceMatcher",
     "batched_pairwise_iou",
-    "label_anchors",
+    "build_anchor_matcher",
     "pad_ground_truth",
 ]
 
@@ -126,19 +129,103 @@ def _best_anchor_per_box(quality: Tensor) -> Tensor:
     return quality.argmax(dim=-1)
 
 
-class BestAnchorIoUMatcher:
+class _AnchorMatcher:
+    """
+    What both matchers share: the IoU thresholds, the background label, and the call that turns a match into
+    `AnchorLabels`. `uses_predictions` says whether the call needs `pred_boxes` and `pred_logits`.
+    """
+
+    uses_predictions = False
+
+    def __init__(self, thresholds: Sequence[float], num_classes: int):
+        """
+        Args:
+            thresholds: (low, high) anchor IoU thresholds: below low negative, [low, high) ignored, from high
+                positive.
+            num_classes: C, object classes without background; C is the background value of `cls_labels`.
+        """
+        if len(thresholds) != 2 or not 0.0 <= thresholds[0] <= thresholds[1] <= 1.0:
+            raise ValueError(f"IoU thresholds must be [low, high] with 0 <= low <= high <= 1, got {list(thresholds)}")
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.low, self.high = float(thresholds[0]), float(thresholds[1])
+        self.num_classes = num_classes
+
+    def __repr__(self):
+        return f"{type(self).__name__}(thresholds=({self.low}, {self.high}), num_classes={self.num_classes})"
+
+    def __call__(
+        self,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_classes: Tensor,
+        valid: Tensor,
+        pred_boxes: Optional[Tensor] = None,
+        pred_logits: Optional[Tensor] = None,
+    ) -> AnchorLabels:
+        """
+        Label anchors for both tasks, batched over images and boxes.
+
+        Args:
+            anchors: [A, 4] XYXY, shared by the images.
+            gt_boxes, gt_classes, valid: [N, G, 4], [N, G], [N, G] from `pad_ground_truth`, in the anchors' frame.
+            pred_boxes: [N, A, 4] decoded predicted boxes in the anchors' frame (mutual guidance only).
+            pred_logits: [N, A, C] class logits (mutual guidance only).
+        Both predictions are read without gradient. Computed in float32 whatever dtype the predictions come in
+        (autocast is turned off here), so that the labels do not depend on the precision the network ran in.
+        Reads one value back to the host (the largest top-k of mutual guidance; detectron2's Matcher reads a few
+        more for the baseline), whatever the batch.
+        """
+        with torch.no_grad(), torch.autocast(anchors.device.type, enabled=False):
+            anchor_iou = batched_pairwise_iou(gt_boxes.float(), anchors.float())
+            cls_matches, cls_match_labels, reg_idx, reg_match_labels = self._match_boxes(
+                anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits
+            )
+            return self._anchor_labels(gt_classes, cls_matches, cls_match_labels, reg_idx, reg_match_labels)
+
+    def _match_boxes(self, anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits):
+        raise NotImplementedError
+
+    def _anchor_labels(self, gt_classes, cls_matches, cls_match_labels, reg_idx, reg_match_labels) -> AnchorLabels:
+        num_classes = self.num_classes
+        if gt_classes.shape[1] == 0:
+            matched_classes = torch.full_like(cls_matches, num_classes)
+        else:
+            matched_classes = gt_classes.gather(1, cls_matches)
+        background = torch.full_like(matched_classes, num_classes)
+        cls_labels = torch.where(cls_match_labels == 1, matched_classes, background)
+        cls_labels = torch.where(cls_match_labels == -1, torch.full_like(cls_labels, -1), cls_labels)
+        ignored_class = torch.where(cls_match_labels == -1, matched_classes, background)
+        return AnchorLabels(
+            cls_labels=cls_labels,
+            reg_mask=reg_match_labels == 1,
+            reg_idx=reg_idx,
+            cls_idx=cls_matches,
+            ignored_class=ignored_class,
+        )
+
+
+class BestAnchorIoUMatcher(_AnchorMatcher):
     """
     The IoU baseline: each anchor takes the box it overlaps most (detectron2 `Matcher`, thresholds low/high:
     IoU < low negative, [low, high) ignored, >= high positive), then each box's single best anchor is forced to
     it and made positive. If boxes share a best anchor, the higher box index keeps it (as the authors' loop,
     where later boxes overwrite). Unlike `allow_low_quality_matches`, which keeps every tied anchor but leaves it
     with its own best box, exactly one anchor per box is forced, to that box.
+
+    Both tasks learn from the same anchors: the regression positives are the classification positives.
+    Predictions given to the call are not read.
     """
 
-    def __init__(self, thresholds: Tuple[float, float] = (0.4, 0.5)):
-        self.matcher = Matcher(list(thresholds), [0, -1, 1], allow_low_quality_matches=False)
+    def __init__(self, thresholds: Sequence[float], num_classes: int):
+        super().__init__(thresholds, num_classes)
+        self.matcher = Matcher([self.low, self.high], [0, -1, 1], allow_low_quality_matches=False)
 
-    def __call__(self, anchor_iou: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
+    def _match_boxes(self, anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits):
+        matches, match_labels = self.match(anchor_iou, valid)
+        return matches, match_labels, matches, match_labels
+
+    def match(self, anchor_iou: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
         """
         Args:
             anchor_iou: [N, G, A] IoU of each box with each anchor.
@@ -164,7 +251,7 @@ class BestAnchorIoUMatcher:
         return matches, match_labels
 
 
-class MutualGuidanceMatcher:
+class MutualGuidanceMatcher(_AnchorMatcher):
     """
     Mutual guidance (Zhang et al., ACCV 2020, Sec. 3) on three G x A quality matrices per image:
 
@@ -185,8 +272,23 @@ class MutualGuidanceMatcher:
     on ties. Within a row, equal values are ranked by lower anchor index.
     """
 
-    def __init__(self, thresholds: Tuple[float, float] = (0.4, 0.5)):
-        self.low, self.high = thresholds
+    uses_predictions = True
+
+    def _match_boxes(self, anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits):
+        if pred_boxes is None or pred_logits is None:
+            raise ValueError("mutual guidance needs pred_boxes and pred_logits")
+        if pred_logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"pred_logits have {pred_logits.shape[-1]} classes, the matcher was built for {self.num_classes}"
+            )
+        pred_iou = batched_pairwise_iou(gt_boxes.float(), pred_boxes.detach().float())
+        # probability of each box's class at each anchor, [N, G, A]: gather the G needed columns of the
+        # [N, A, C] logits before anything else touches them (transposing all C columns costs a copy of them all)
+        n, a = pred_logits.shape[:2]
+        index = gt_classes.unsqueeze(1).expand(n, a, gt_classes.shape[1])
+        prob = pred_logits.detach().gather(2, index).float().transpose(1, 2).sigmoid()
+        cls_quality = anchor_iou ** ((2.0 - prob) / 2.0)
+        return self.match(anchor_iou, pred_iou, cls_quality, valid)
 
     @staticmethod
     def _keep_column_maxima_(quality: Tensor, valid: Tensor) -> Tensor:
@@ -199,7 +301,7 @@ class MutualGuidanceMatcher:
         column_max = quality.max(dim=1, keepdim=True).values
         return quality.masked_fill_(quality != column_max, 0.0)
 
-    def __call__(
+    def match(
         self, anchor_iou: Tensor, pred_iou: Tensor, cls_quality: Tensor, valid: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """
@@ -239,75 +341,6 @@ class MutualGuidanceMatcher:
         return cls_matches, cls_labels, reg_matches, reg_labels
 
 
-def label_anchors(
-    anchors: Tensor,
-    gt_boxes: Tensor,
-    gt_classes: Tensor,
-    valid: Tensor,
-    pred_boxes: Optional[Tensor] = None,
-    pred_logits: Optional[Tensor] = None,
-    mutual_guidance: bool = True,
-    thresholds: Tuple[float, float] = (0.4, 0.5),
-    num_classes: Optional[int] = None,
-) -> AnchorLabels:
-    """
-    Label anchors for both tasks, batched over images and boxes.
-
-    Args:
-        anchors: [A, 4] XYXY.
-        gt_boxes, gt_classes, valid: [N, G, 4], [N, G], [N, G] from `pad_ground_truth`.
-        pred_boxes: [N, A, 4] decoded predicted boxes (mutual guidance only).
-        pred_logits: [N, A, C] class logits (mutual guidance only); detached here.
-        mutual_guidance: mutual guidance if True, else the IoU baseline.
-        thresholds: (low, high) IoU thresholds.
-        num_classes: C, the background value of `cls_labels`; defaults to pred_logits.shape[-1].
-
-    Computed in float32 whatever dtype the predictions come in (autocast is turned off here), so that the
-    labels do not depend on the precision the network ran in. Reads one value back to the host (the largest
-    top-k of mutual guidance; detectron2's Matcher reads a few more for the baseline), whatever the batch.
-    """
-    if num_classes is None:
-        if pred_logits is None:
-            raise ValueError("label_anchors needs num_classes when pred_logits is not given")
-        num_classes = pred_logits.shape[-1]
-    with torch.autocast(anchors.device.type, enabled=False):
-        return _label_anchors(
-            anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, mutual_guidance, thresholds, num_classes
-        )
-
-
-def _label_anchors(
-    anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, mutual_guidance, thresholds, num_classes
-) -> AnchorLabels:
-    anchor_iou = batched_pairwise_iou(gt_boxes.float(), anchors.float())
-    if mutual_guidance:
-        if pred_boxes is None or pred_logits is None:
-            raise ValueError("mutual guidance needs pred_boxes and pred_logits")
-        pred_iou = batched_pairwise_iou(gt_boxes.float(), pred_boxes.detach().float())
-        # probability of each box's class at each anchor, [N, G, A]: gather the G needed columns of the
-        # [N, A, C] logits before anything else touches them (transposing all C columns costs a copy of them all)
-        n, a = pred_logits.shape[:2]
-        index = gt_classes.unsqueeze(1).expand(n, a, gt_classes.shape[1])
-        prob = pred_logits.detach().gather(2, index).float().transpose(1, 2).sigmoid()
-        cls_quality = anchor_iou ** ((2.0 - prob) / 2.0)
-        matcher = MutualGuidanceMatcher(thresholds)
-        cls_matches, cls_match_labels, reg_idx, reg_match_labels = matcher(anchor_iou, pred_iou, cls_quality, valid)
-    else:
-        cls_matches, cls_match_labels = BestAnchorIoUMatcher(thresholds)(anchor_iou, valid)
-        reg_idx, reg_match_labels = cls_matches, cls_match_labels
-
-    if gt_classes.shape[1] == 0:
-        matched_classes = torch.full_like(cls_matches, num_classes)
-    else:
-        matched_classes = gt_classes.gather(1, cls_matches)
-    background = torch.full_like(matched_classes, num_classes)
-    cls_labels = torch.where(cls_match_labels == 1, matched_classes, background)
-    cls_labels = torch.where(cls_match_labels == -1, torch.full_like(cls_labels, -1), cls_labels)
-    ignored_class = torch.where(cls_match_labels == -1, matched_classes, background)
-    return AnchorLabels(
-        cls_labels=cls_labels,
-        reg_mask=reg_match_labels == 1,
-        reg_idx=reg_idx,
-        cls_idx=cls_matches,
-        ignored_class=ignored_class,
-    )
+def build_anchor_matcher(mutual_guidance: bool, thresholds: Sequence[float], num_classes: int) -> _AnchorMatcher:
+    """`MutualGuidanceMatcher` if `mutual_guidance`, else the IoU baseline `BestAnchorIoUMatcher`."""
+    return (MutualGuidanceMatcher if mutual_guidance else BestAnchorIoUMatcher)(thresholds, num_classes)

@@ -19,7 +19,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
 from .anchors import anchors_per_level, generate_anchors, generate_normalized_anchors, num_levels_for
-from .assignment import label_anchors, pad_ground_truth
+from .assignment import BestAnchorIoUMatcher, MutualGuidanceMatcher, build_anchor_matcher, pad_ground_truth
 from .events import put_scalars_in_background
 from .head import MutualGuideHead
 from .inputs import GroundTruth, batch_ground_truth, batch_images
@@ -54,8 +54,7 @@ class MutualGuideDetector(DenseDetector):
         num_classes: int,
         input_size: int,
         anchor_base_size: float = 24.0,
-        mutual_guidance: bool = True,
-        iou_thresholds: Tuple[float, float] = (0.4, 0.5),
+        anchor_matcher: Union[MutualGuidanceMatcher, BestAnchorIoUMatcher],
         ignore: str = "anchor",
         box2box_transform: Box2BoxTransform,
         focal_loss_alpha: float = 0.25,
@@ -80,8 +79,8 @@ class MutualGuideDetector(DenseDetector):
             num_classes: C, object classes without background.
             input_size: S, the square input side (a multiple of 64).
             anchor_base_size: anchor side at stride 8, doubled at each level.
-            mutual_guidance: mutual guidance assignment if True, else the IoU baseline.
-            iou_thresholds: (low, high) anchor IoU thresholds: negative below low, positive from high.
+            anchor_matcher: labels the anchors for both tasks (`assignment.py`): `MutualGuidanceMatcher` or the IoU
+                baseline `BestAnchorIoUMatcher`, built for `num_classes`.
             ignore: what an ignored anchor leaves out of the focal loss, one of `IGNORE_RULES`.
             box2box_transform: box encoding (weights 10, 10, 5, 5: the SSD variances).
             focal_loss_alpha, focal_loss_gamma: the focal loss.
@@ -100,8 +99,11 @@ class MutualGuideDetector(DenseDetector):
         self.neck = neck
         self.num_classes = num_classes
         self.input_size = input_size
-        self.mutual_guidance = mutual_guidance
-        self.iou_thresholds = tuple(iou_thresholds)
+        if anchor_matcher.num_classes != num_classes:
+            raise ValueError(
+                f"anchor_matcher labels {anchor_matcher.num_classes} classes, the detector has {num_classes}"
+            )
+        self.anchor_matcher = anchor_matcher
         if ignore not in IGNORE_RULES:
             raise ValueError(f"MODEL.MUTUAL_GUIDE.IGNORE must be one of {IGNORE_RULES}, got {ignore!r}")
         self.ignore = ignore
@@ -150,8 +152,7 @@ class MutualGuideDetector(DenseDetector):
             "num_classes": mg.NUM_CLASSES,
             "input_size": cfg.INPUT.SIZE,
             "anchor_base_size": mg.ANCHOR_BASE_SIZE,
-            "mutual_guidance": mg.ENABLED,
-            "iou_thresholds": mg.IOU_THRESHOLDS,
+            "anchor_matcher": build_anchor_matcher(mg.ENABLED, mg.IOU_THRESHOLDS, mg.NUM_CLASSES),
             "ignore": mg.IGNORE,
             "box2box_transform": Box2BoxTransform(weights=mg.BBOX_REG_WEIGHTS),
             "focal_loss_alpha": mg.FOCAL_LOSS_ALPHA,
@@ -260,7 +261,7 @@ class MutualGuideDetector(DenseDetector):
 
     def label_anchors(self, logits: Tensor, deltas: Tensor, gt: Union[GroundTruth, List[Instances]]):
         """
-        Assign anchors to ground truth, with mutual guidance or the IoU baseline.
+        Assign anchors to ground truth with `self.anchor_matcher` (mutual guidance or the IoU baseline).
 
         Args:
             logits, deltas: [N, A, C] and [N, A, 4] predictions (detached inside).
@@ -269,20 +270,13 @@ class MutualGuideDetector(DenseDetector):
             (gt_boxes [N, G, 4], AnchorLabels) where G is the largest number of boxes in an image.
         """
         gt = self._ground_truth(gt)
-        pred_boxes = None
-        if self.mutual_guidance:
+        predictions = {}
+        if self.anchor_matcher.uses_predictions:
             pred_boxes = self.decode_boxes(deltas.detach()) / self.input_size
+            predictions = {"pred_boxes": pred_boxes, "pred_logits": logits.detach()}
         # IoUs in the frame of the image side, as the authors' code measures them (same ties, same anchors chosen)
-        labels = label_anchors(
-            self.normalized_anchors,
-            gt.boxes / self.input_size,
-            gt.classes,
-            gt.valid,
-            pred_boxes=pred_boxes,
-            pred_logits=logits.detach() if self.mutual_guidance else None,
-            mutual_guidance=self.mutual_guidance,
-            thresholds=self.iou_thresholds,
-            num_classes=self.num_classes,
+        labels = self.anchor_matcher(
+            self.normalized_anchors, gt.boxes / self.input_size, gt.classes, gt.valid, **predictions
         )
         return gt.boxes, labels
 
