@@ -25,6 +25,7 @@ from detectron2.structures import Instances
 
 __all__ = [
     "AnchorLabels",
+    "AnchorMatcher",
     "BestAnchorIoUMatcher",
     "MutualGuidanceMatcher",
     "batched_pairwise_iou",
@@ -129,7 +130,7 @@ def _best_anchor_per_box(quality: Tensor) -> Tensor:
     return quality.argmax(dim=-1)
 
 
-class _AnchorMatcher:
+class AnchorMatcher:
     """
     What both matchers share: the IoU thresholds, the background label, and the call that turns a match into
     `AnchorLabels`. `uses_predictions` says whether the call needs `pred_boxes` and `pred_logits`.
@@ -205,7 +206,7 @@ class _AnchorMatcher:
         )
 
 
-class BestAnchorIoUMatcher(_AnchorMatcher):
+class BestAnchorIoUMatcher(AnchorMatcher):
     """
     The IoU baseline: each anchor takes the box it overlaps most (detectron2 `Matcher`, thresholds low/high:
     IoU < low negative, [low, high) ignored, >= high positive), then each box's single best anchor is forced to
@@ -251,7 +252,7 @@ class BestAnchorIoUMatcher(_AnchorMatcher):
         return matches, match_labels
 
 
-class MutualGuidanceMatcher(_AnchorMatcher):
+class MutualGuidanceMatcher(AnchorMatcher):
     """
     Mutual guidance (Zhang et al., ACCV 2020, Sec. 3) on three G x A quality matrices per image:
 
@@ -341,6 +342,6 @@ class MutualGuidanceMatcher(_AnchorMatcher):
         return cls_matches, cls_labels, reg_matches, reg_labels
 
 
-def build_anchor_matcher(mutual_guidance: bool, thresholds: Sequence[float], num_classes: int) -> _AnchorMatcher:
+def build_anchor_matcher(mutual_guidance: bool, thresholds: Sequence[float], num_classes: int) -> AnchorMatcher:
     """`MutualGuidanceMatcher` if `mutual_guidance`, else the IoU baseline `BestAnchorIoUMatcher`."""
     return (MutualGuidanceMatcher if mutual_guidance else BestAnchorIoUMatcher)(thresholds, num_classes)

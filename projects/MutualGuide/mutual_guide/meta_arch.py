@@ -19,7 +19,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 
 from .anchors import anchors_per_level, generate_anchors, generate_normalized_anchors, num_levels_for
-from .assignment import BestAnchorIoUMatcher, MutualGuidanceMatcher, build_anchor_matcher, pad_ground_truth
+from .assignment import AnchorMatcher, build_anchor_matcher, pad_ground_truth
 from .events import put_scalars_in_background
 from .head import MutualGuideHead
 from .inputs import GroundTruth, batch_ground_truth, batch_images
@@ -54,7 +54,7 @@ class MutualGuideDetector(DenseDetector):
         num_classes: int,
         input_size: int,
         anchor_base_size: float = 24.0,
-        anchor_matcher: Union[MutualGuidanceMatcher, BestAnchorIoUMatcher],
+        anchor_matcher: AnchorMatcher,
         ignore: str = "anchor",
         box2box_transform: Box2BoxTransform,
         focal_loss_alpha: float = 0.25,
