@@ -190,7 +190,8 @@ def test_losses_equal_oracle(mutual, seed, max_boxes, ignore, random_batch):
 def test_image_without_boxes_trains(mutual, random_batch):
     anchors, boxes, classes, pred, logits = random_batch(20, 0)
     gt_boxes, gt_classes, valid = torch.zeros(4, 0, 4), torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, 0).bool()
-    labels = build_anchor_matcher(mutual, (0.4, 0.5), logits.shape[-1])(anchors, gt_boxes, gt_classes, valid, pred, logits)
+    matcher = build_anchor_matcher(mutual, (0.4, 0.5), logits.shape[-1])
+    labels = matcher(anchors, gt_boxes, gt_classes, valid, pred, logits)
     logits = logits.clone().requires_grad_()
     deltas = torch.randn(4, len(anchors), 4, requires_grad=True)
     out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B)

@@ -33,12 +33,16 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.NECK.OUT_CHANNELS = 128  # channels of every pyramid level
 
     _C.MODEL.MUTUAL_GUIDE = CN()
-    _C.MODEL.MUTUAL_GUIDE.ENABLED = True  # True: mutual guidance assignment; False: the IoU baseline
-    _C.MODEL.MUTUAL_GUIDE.NUM_CLASSES = 80  # object classes, without background
+    # True: mutual guidance assignment; False: the IoU baseline (MutualGuideRetinaNet: detectron2's RetinaNet)
+    _C.MODEL.MUTUAL_GUIDE.ENABLED = True
+    # object classes, without background (MutualGuideRetinaNet reads MODEL.RETINANET.NUM_CLASSES, equal to this)
+    _C.MODEL.MUTUAL_GUIDE.NUM_CLASSES = 80
     _C.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE = 24.0  # anchor side at stride 8; level k uses BASE * 2**k
-    _C.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS = [0.4, 0.5]  # below the first: negative; at or above the second: positive
+    # below the first: negative; at or above the second: positive (MutualGuideRetinaNet: MODEL.RETINANET's)
+    _C.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS = [0.4, 0.5]
     # What an ignored anchor leaves out of the classification loss: "anchor", all its class scores (the seed,
     # fd2c4cc), or "class", only the score of the class it is ignored for (the authors' later code, a192256 on).
+    # MutualGuideRetinaNet has RetinaNet's rule, "anchor", only.
     _C.MODEL.MUTUAL_GUIDE.IGNORE = "anchor"
     _C.MODEL.MUTUAL_GUIDE.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD variances 0.1/0.2
     _C.MODEL.MUTUAL_GUIDE.FOCAL_LOSS_ALPHA = 0.25

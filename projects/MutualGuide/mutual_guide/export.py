@@ -56,7 +56,7 @@ class ExportableDetector(nn.Module):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         images = (images.float() - self.pixel_mean) / self.pixel_std
         logits, deltas = self.model.predict(images)
-        # the decoding label_anchors uses (Box2BoxTransform, weights 10, 10, 5, 5), on every anchor
+        # the decoding MutualGuideDetector.label_anchors uses (Box2BoxTransform, weights 10, 10, 5, 5), on every anchor
         boxes = self.model.decode_boxes(deltas)
         # Boxes.clip does the same per coordinate; clamp avoids its finiteness assert, which does not trace
         boxes = boxes.clamp(min=0.0, max=float(self.input_size))

@@ -191,7 +191,7 @@ def mutual_guide_losses(
             variances 0.1 / 0.2).
         anchors: [A, 4] XYXY.
         gt_boxes: [N, G, 4] XYXY, padded.
-        labels: from `assignment.label_anchors`.
+        labels: from an anchor matcher of `assignment.py`.
     Returns:
         loss_cls: cls_weight * sum of the sigmoid focal loss over every (anchor, class) score except those of
             ignored anchors that `ignore` leaves out (see `sigmoid_focal_loss_sum`), divided by the number of

@@ -66,7 +66,9 @@ class MutualGuideRetinaNet(RetinaNet):
         super().__init__(**kwargs)
         matcher = self.anchor_matcher
         if isinstance(matcher, AnchorMatcher) and matcher.num_classes != self.num_classes:
-            raise ValueError(f"anchor_matcher labels {matcher.num_classes} classes, the detector has {self.num_classes}")
+            raise ValueError(
+                f"anchor_matcher labels {matcher.num_classes} classes, the detector has {self.num_classes}"
+            )
 
     @classmethod
     def from_config(cls, cfg):
