@@ -20,6 +20,31 @@ if ROOT not in sys.path:
 VOC_MINI = os.environ.get("MG_VOC_MINI", os.path.join(ROOT, "..", "shared", "data", "voc_mini"))
 
 
+@pytest.fixture(scope="session")
+def load_tool():
+    """load_tool(name) -> the module of tools/<name>.py, loaded from its file (tools/ is not a package)."""
+    import importlib.util
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """tests/oracle.py: the plain per-object assignment and losses the vectorised ones are checked against."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("oracle", os.path.join(os.path.dirname(__file__), "oracle.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def voc_mini_root():
     root = os.path.join(VOC_MINI, "VOC2007")
@@ -38,6 +63,12 @@ def make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80):
     cfg.INPUT.SIZE = size
     cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
     return cfg
+
+
+@pytest.fixture
+def cfg_factory():
+    """`make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80)`: a CPU config of that network."""
+    return make_cfg
 
 
 # ----------------------------------------------------------------------------- random assignment inputs
