@@ -1,9 +1,9 @@
 """
-Shared test set-up: the repository root on sys.path (train_net.py, demo.py), the real VOC images, a CPU config,
-and random assignment inputs for the vectorised-against-oracle tests.
+Shared test set-up: the real VOC images, a CPU config, the tools and the oracle as modules, and random
+assignment inputs for the vectorised-against-oracle tests. (The repository root, where train_net.py and demo.py
+are, is on the import path through setup.cfg's `pythonpath`.)
 """
 import os
-import sys
 
 import pytest
 import torch
@@ -13,8 +13,6 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from mutual_guide.config import add_mutual_guide_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # Two real VOC 2007 images with annotations, beside the repository (never copied into it).
 VOC_MINI = os.environ.get("MG_VOC_MINI", os.path.join(ROOT, "..", "shared", "data", "voc_mini"))

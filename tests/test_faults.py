@@ -337,12 +337,8 @@ def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, lo
 
 
 # ----------------------------------------------------------------------------- tools/check_dataset.py
-def test_check_dataset_tool_lists_every_problem(tmp_path, capsys, write_voc, voc_object):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_dataset_tool", os.path.join(ROOT, "tools", "check_dataset.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_check_dataset_tool_lists_every_problem(tmp_path, capsys, write_voc, voc_object, load_tool):
+    tool = load_tool("check_dataset")
 
     root = write_voc(tmp_path, {
         "good": [voc_object("square", (2, 2, 30, 30))],
