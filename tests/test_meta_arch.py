@@ -88,6 +88,7 @@ def test_inference_returns_boxes_in_original_pixels():
     assert boxes.min() >= 0 and boxes.max() <= SIZE
 
 
+@pytest.mark.slow
 def test_fused_inference_keeps_outputs():
     """BatchNorm folding and the NHWC layout change nothing but the speed."""
     model = make_model().eval()

@@ -85,6 +85,7 @@ def host_reads_of_one_step(model, batch):
     return reads.ops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutual_guidance", [True, False])
 def test_host_reads_of_a_training_step_do_not_grow_with_the_batch(mutual_guidance):
     model = make_model(mutual_guidance)
@@ -119,6 +120,7 @@ def test_channel_shuffle_keeps_the_layout_and_equals_torchvisions(layout):
     assert y.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.slow
 def test_nhwc_training_gives_the_nchw_losses_and_gradients():
     """In float64, where the two layouts' different summation orders leave no visible trace (in float32,
     BatchNorm over 2 images amplifies them to about 1% in the first layer's gradient)."""
@@ -188,6 +190,7 @@ def test_autocast_float16_on_cuda_keeps_labels_and_float32_losses():
     check_autocast(model, training_batch(4), "cuda", torch.float16)
 
 
+@pytest.mark.slow
 def test_half_model_inference():
     model = make_model().eval()
     batch = [{"image": x["image"]} for x in training_batch(2)]

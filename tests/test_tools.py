@@ -30,6 +30,7 @@ def run_export(tmp_path, photo, device, capsys, load_tool):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_export_tool_verifies_on_cpu(tmp_path, photo, capsys, load_tool):
     out = run_export(tmp_path, photo, "cpu", capsys, load_tool)
     lines = [line for line in out.splitlines() if "max box difference" in line]
@@ -53,6 +54,7 @@ def test_tools_say_when_cuda_is_missing(tool, tmp_path, load_tool):
         load_tool(tool).main(argv + SMALL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_benchmark_tool_prints_its_figures(device, capsys, load_tool):
     load_tool("benchmark").main([
