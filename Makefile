@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): requirements.txt setup.cfg tools/install_detectron2.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The loop while editing: every test not marked `slow` (no training run, export or second process), under a
+# minute on 2 CPU cores; `make test` runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) tools/demo_job.py --output-dir output/demo

@@ -10,7 +10,6 @@ Before anything is built: the config is validated, an OUTPUT_DIR holding another
 --resume (or --overwrite-output-dir), and --eval-only needs MODEL.WEIGHTS. Before the first iteration every
 dataset used is checked (mutual_guide/data/check.py).
 """
-import logging
 import os
 import weakref
 
@@ -19,16 +18,7 @@ import torch
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import (
-    AMPTrainer,
-    DefaultTrainer,
-    SimpleTrainer,
-    TrainerBase,
-    default_argument_parser,
-    default_setup,
-    hooks,
-    launch,
-)
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
@@ -44,7 +34,7 @@ from mutual_guide.engine import (
     check_amp_supported,
     check_num_classes,
     convert_sync_batchnorm,
-    create_ddp_model_any_device,
+    cpu_ddp_without_device_ids,
     load_imagenet_backbone,
 )
 from mutual_guide.solver import build_lr_scheduler
@@ -54,33 +44,14 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's data mapper, evaluators, strict checkpointer and CPU-capable DDP."""
 
     def __init__(self, cfg):
-        # Same steps as DefaultTrainer.__init__, with two changes: DDP also wraps CPU models (detectron2 passes
-        # device_ids that CPU modules reject) and MODEL.WEIGHTS must fit the network exactly.
-        TrainerBase.__init__(self)
-        logger = logging.getLogger("detectron2")
-        if not logger.isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         check_amp_supported(cfg)
         # Every dataset of the run is checked before anything is built, so that a bad image or annotation
         # stops the run now rather than at the iteration that samples it or at the final evaluation.
         check_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
         if comm.is_main_process():
             remove_stale_temporaries(cfg.OUTPUT_DIR)
-
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model_any_device(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = MutualGuideCheckpointer(
-            model, cfg.OUTPUT_DIR, finetune=cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        with cpu_ddp_without_device_ids(cfg):
+            super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg):
@@ -103,6 +74,11 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation."""
+        # DefaultTrainer.__init__ makes a DetectionCheckpointer right before it calls this, and the checkpointing
+        # hooks keep the one they are given: ours (weights must fit the network, or FINETUNE) replaces it first.
+        self.checkpointer = MutualGuideCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, finetune=self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
+        )
         ret = super().build_hooks()
         if self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST) and comm.is_main_process():
             # right after the evaluation that stores the metric

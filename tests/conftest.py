@@ -1,9 +1,9 @@
 """
-Shared test set-up: the repository root on sys.path (train_net.py, demo.py), the real VOC images, a CPU config,
-and random assignment inputs for the vectorised-against-oracle tests.
+Shared test set-up: the real VOC images, a CPU config, the tools and the oracle as modules, and random
+assignment inputs for the vectorised-against-oracle tests. (The repository root, where train_net.py and demo.py
+are, is on the import path through setup.cfg's `pythonpath`.)
 """
 import os
-import sys
 
 import pytest
 import torch
@@ -13,11 +13,34 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from mutual_guide.config import add_mutual_guide_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # Two real VOC 2007 images with annotations, beside the repository (never copied into it).
 VOC_MINI = os.environ.get("MG_VOC_MINI", os.path.join(ROOT, "..", "shared", "data", "voc_mini"))
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """load_tool(name) -> the module of tools/<name>.py, loaded from its file (tools/ is not a package)."""
+    import importlib.util
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"tools_{name}", os.path.join(ROOT, "tools", name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """tests/oracle.py: the plain per-object assignment and losses the vectorised ones are checked against."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("oracle", os.path.join(os.path.dirname(__file__), "oracle.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -38,6 +61,12 @@ def make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80):
     cfg.INPUT.SIZE = size
     cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
     return cfg
+
+
+@pytest.fixture
+def cfg_factory():
+    """`make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80)`: a CPU config of that network."""
+    return make_cfg
 
 
 # ----------------------------------------------------------------------------- random assignment inputs

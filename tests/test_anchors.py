@@ -59,6 +59,7 @@ def test_small_case_by_hand():
     torch.testing.assert_close(anchors[-6:], torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,base", [(320, 24.0), (512, 24.0), (384, 32.0)])
 def test_matches_plain_loop_oracle(size, base):
     ours = generate_anchors(size, base, num_levels_for(size)).double()

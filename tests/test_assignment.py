@@ -1,6 +1,3 @@
-import os
-import sys
-
 import pytest
 import torch
 
@@ -14,9 +11,6 @@ from mutual_guide.assignment import (
     build_anchor_matcher,
     pad_ground_truth,
 )
-
-sys.path.insert(0, os.path.dirname(__file__))
-from oracle import oracle_label_anchors  # noqa: E402
 
 C = 6  # classes in the hand-made cases; background label is C
 BOX = [0.0, 0.0, 10.0, 10.0]
@@ -228,21 +222,26 @@ def assert_same_labels(labels: AnchorLabels, expected):
     assert torch.equal(labels.cls_idx[assigned], expected["cls_idx"][assigned])
 
 
+# (seed, max_boxes, integer, duplicates): no box, one, several, many; integer boxes tie anchors, duplicates tie boxes
+ORACLE_CASES = [(0, 0, False, False), (1, 1, False, False), (2, 3, False, False), (3, 8, False, False),
+                (4, 12, False, False), (5, 6, True, False), (6, 8, True, True), (7, 5, False, True)]
+
+
 @pytest.mark.parametrize("mutual", [True, False])
-@pytest.mark.parametrize(
-    "seed,max_boxes,integer,duplicates",
-    [(0, 0, False, False), (1, 1, False, False), (2, 3, False, False), (3, 8, False, False),
-     (4, 12, False, False), (5, 6, True, False), (6, 8, True, True), (7, 5, False, True)],
-)
-def test_vectorised_equals_oracle(mutual, seed, max_boxes, integer, duplicates, random_batch):
-    anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes, integer, duplicates)
-    instances = [
-        Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)
-    ]
-    gt_boxes, gt_classes, valid = pad_ground_truth(instances)
-    num_classes = logits.shape[-1]
-    labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred, logits)
-    expected = oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits, mutual_guidance=mutual)
-    assert_same_labels(labels, expected)
-    if max_boxes:
-        assert (labels.cls_labels[0] < num_classes).any()  # the comparison is not vacuous
+def test_vectorised_equals_oracle(mutual, random_batch, oracle):
+    for seed, max_boxes, integer, duplicates in ORACLE_CASES:
+        anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes, integer, duplicates)
+        instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
+        gt_boxes, gt_classes, valid = pad_ground_truth(instances)
+        num_classes = logits.shape[-1]
+        labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred,
+                                                                       logits)
+        expected = oracle.oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits,
+                                               mutual_guidance=mutual)
+        try:
+            assert_same_labels(labels, expected)
+        except AssertionError as e:
+            raise AssertionError(f"case seed={seed} max_boxes={max_boxes} integer={integer} "
+                                 f"duplicates={duplicates}") from e
+        if max_boxes:
+            assert (labels.cls_labels[0] < num_classes).any()  # the comparison is not vacuous

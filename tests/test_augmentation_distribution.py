@@ -89,6 +89,7 @@ def cv2_hsv(image):
     return cv2.cvtColor(image, cv2.COLOR_BGR2HSV).astype(np.float64)
 
 
+@pytest.mark.slow
 def test_distributions_match_the_seeds(ci_input):
     values = our_statistics(*ci_input)
     failures = []

@@ -41,6 +41,7 @@ def run(tmp_path_factory):
     return info, tmp_path_factory.mktemp("best")
 
 
+@pytest.mark.slow
 def test_model_best_holds_the_weights_of_the_best_evaluation(run, train_args):
     info, out = run
     args = train_args(info, out, "SOLVER.MAX_ITER", 6, "TEST.EVAL_PERIOD", 2, "SOLVER.CHECKPOINT_PERIOD", 100)

@@ -1,7 +1,6 @@
 """tools/browse_dataset.py: a dataset drawn as loaded and as the training mapper gives it, class names from the
 metadata, at least 512 pixels wide with labels smaller than their objects; on generated and on real VOC images."""
 import os
-import runpy
 
 import cv2
 import numpy as np
@@ -21,8 +20,8 @@ VOC_CONFIG = os.path.join(ROOT, "configs", "mg_shufflenet_ssd_voc.yaml")
 
 
 @pytest.fixture(scope="module")
-def browse():
-    return runpy.run_path(os.path.join(ROOT, "tools", "browse_dataset.py"))["main"]
+def browse(load_tool):
+    return load_tool("browse_dataset").main
 
 
 @pytest.fixture(scope="module")

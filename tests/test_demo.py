@@ -59,6 +59,7 @@ def run(source, output, *extra, opts=()):
         return ("exit", e.code)
 
 
+@pytest.mark.slow
 def test_coco_json_datasets_draw_class_names(shapes, tmp_path, drawn):
     # The cause of the class numbers: a COCO json's names reach the metadata only when the dataset is read, and
     # the demo reads no dataset. demo.py now reads them from the json's categories.
@@ -76,6 +77,7 @@ def test_coco_json_datasets_draw_class_names(shapes, tmp_path, drawn):
     assert all(p["class_name"] == CLASSES[p["class_id"]] for p in saved["predictions"])
 
 
+@pytest.mark.slow
 def test_dataset_option_names_the_classes_and_is_checked(shapes, tmp_path, write_voc, voc_object, drawn, capsys):
     root = write_voc(tmp_path / "voc", {"a": [voc_object("cat", (2, 2, 30, 30))]}, split="val", size=(96, 64))
     spec = f"pets{uuid.uuid4().hex[:6]}:voc:root={root};split=val;classes=cat,dog,bird"
@@ -93,6 +95,7 @@ def test_dataset_option_names_the_classes_and_is_checked(shapes, tmp_path, write
             in capsys.readouterr().err.replace("\n", " "))
 
 
+@pytest.mark.slow
 def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path):
     image = np.random.RandomState(0).randint(0, 255, (90, 200, 3)).astype(np.uint8)  # wide: x and y scale apart
     cv2.imwrite(str(tmp_path / "wide.png"), image)
@@ -139,6 +142,7 @@ def _read_video(path):
     return frames
 
 
+@pytest.mark.slow
 def test_video_is_drawn_frame_by_frame(shapes, tmp_path):
     _write_video(tmp_path / "clip.mp4", 6)
     first = _read_video(tmp_path / "clip.mp4")[0]
@@ -165,6 +169,7 @@ def test_video_is_drawn_frame_by_frame(shapes, tmp_path):
     assert len(_read_video(tmp_path / "clip.mp4")) == 6  # the input is never overwritten
 
 
+@pytest.mark.slow
 def test_webcam_that_does_not_open_fails_clearly(shapes, tmp_path, monkeypatch, logged):
     messages = logged("demo")
     opened = []
@@ -183,6 +188,7 @@ def test_webcam_that_does_not_open_fails_clearly(shapes, tmp_path, monkeypatch, 
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_every_kind_of_bad_input_in_one_batch(shapes, tmp_path, logged):
     messages = logged("demo")
     inputs = tmp_path / "in"

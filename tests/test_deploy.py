@@ -1,4 +1,5 @@
 """Inference rewrites keep the outputs: BatchNorm folding and RepVGG re-parameterisation."""
+import pytest
 import torch
 from torch import nn
 
@@ -35,6 +36,7 @@ def relative_error(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_keeps_detector_outputs():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
@@ -58,6 +60,7 @@ def test_fold_batchnorm_leaves_training_batchnorm_alone():
     assert count_bn(model) == n
 
 
+@pytest.mark.slow
 def test_fuse_repvgg_blocks_keeps_outputs_and_matches_deploy_build():
     torch.manual_seed(0)
     backbone = randomize_batchnorm(RepVGGBackbone()).eval()
@@ -91,6 +94,7 @@ def test_repvgg_block_identity_branch_fuses():
     assert set(dict(block.named_parameters())) == {"rbr_reparam.weight", "rbr_reparam.bias"}
 
 
+@pytest.mark.slow
 def test_fuse_for_inference_on_repvgg_detector():
     torch.manual_seed(0)
     model = randomize_batchnorm(make_model("RepVGG", "FPN")).eval()

@@ -81,6 +81,7 @@ def four_images(tmp_path_factory):
                                   name="dshapes")["custom_specs"]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_like_one(four_images, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()

@@ -3,6 +3,7 @@ import os
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from detectron2.config import get_cfg
@@ -72,6 +73,7 @@ def test_evaluation_drawer_writes_one_image_per_input(voc_mini_root, tmp_path):
     assert written == ["000001.jpg", "000002.jpg"]
 
 
+@pytest.mark.slow
 def test_demo_script_draws_a_folder(voc_mini_root, tmp_path):
     torch.manual_seed(0)
     cfg = voc_mini_cfg(voc_mini_root)

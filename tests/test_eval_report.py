@@ -129,6 +129,7 @@ def _check_pictures(folder, class_colours=True):
             assert (np.abs(curves - colour).sum(-1) < 30).sum() > 200, f"no curve of {CLASSES[k]}"
 
 
+@pytest.mark.slow
 def test_report_has_the_metrics_own_numbers(generated, tmp_path, logged):
     fmt, name, records = generated
     messages = logged("mutual_guide.evaluation_report")
@@ -169,6 +170,7 @@ def test_report_has_the_metrics_own_numbers(generated, tmp_path, logged):
         assert f"| {c} " in table and f"{row['AP50']:.1f}" in table
 
 
+@pytest.mark.slow
 def test_reports_of_a_trained_model_on_both_layouts(tmp_path, train_args):
     # The trainer's own evaluation (COCO layout) and --eval-only with its weights (VOC layout) both leave the report
     # in OUTPUT_DIR/eval/<dataset>/, its mean the AP they return.
@@ -200,6 +202,7 @@ def test_reports_of_a_trained_model_on_both_layouts(tmp_path, train_args):
         _check_pictures(str(folder), class_colours=False)  # after 6 iterations the curves lie along the axes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["voc", "coco"])
 def test_a_class_without_ground_truth(fmt, tmp_path):
     # A fourth class, "hexagon", that no test image holds; one false hexagon per image. Its AP is the metric's

@@ -125,6 +125,7 @@ PARITY_COMBOS = [  # VGG16 is covered by the export of every combination below
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,neck", PARITY_COMBOS)
 def test_onnx_and_torchscript_equal_pytorch(backbone, neck, tmp_path):
     model = _model(backbone, neck)
@@ -138,6 +139,7 @@ def test_onnx_and_torchscript_equal_pytorch(backbone, neck, tmp_path):
     _assert_close(ts_boxes, ts_scores, ref_boxes, ref_scores, f"TorchScript {backbone}+{neck}")
 
 
+@pytest.mark.slow
 def test_exports_equal_pytorch_on_real_voc_images(tmp_path):
     images = _voc_images()
     model = _model("shufflenet", "fpn")
@@ -185,6 +187,7 @@ def _nms_images() -> torch.Tensor:
     return _images(2, seed=7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", ["default", "sparse"])
 def test_nms_in_graph_equals_inference(selection, tmp_path):
     """default: SCORE_THRESH_TEST 0.005, the top-300 cut decides; sparse: a threshold 100 scores deep, padding."""
@@ -222,6 +225,7 @@ def test_nms_in_graph_equals_inference(selection, tmp_path):
 
 
 # ------------------------------------------------------------------ RepVGG fusion
+@pytest.mark.slow
 def test_fuse_keeps_outputs_repvgg():
     model = _model("repvgg", "fpn")
     images = _images(1, seed=11).float() - model.pixel_mean.view(1, 3, 1, 1)
@@ -268,6 +272,7 @@ def _combo(backbone, neck):
     return pytest.param(backbone, neck, marks=marks, id=f"{backbone}-{neck}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,neck", [_combo(b, n) for b in BACKBONES for n in NECKS])
 def test_every_backbone_and_neck_exports_at_320(backbone, neck, tmp_path):
     model = _model(backbone, neck, informative=False)

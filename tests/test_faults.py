@@ -91,6 +91,7 @@ def test_datasets_registered_with_detectrons_functions_are_checked_too(tmp_path)
     assert len(report.records) == 2
 
 
+@pytest.mark.slow
 def test_image_faults_are_found_before_training_and_skipped_on_request(tmp_path, train_args, logged):
     info = _shapes(tmp_path)
     messages = logged("mutual_guide")
@@ -123,6 +124,7 @@ def test_image_faults_are_found_before_training_and_skipped_on_request(tmp_path,
     assert os.path.isfile(tmp_path / "skip" / "model_final.pth")
 
 
+@pytest.mark.slow
 def test_voc_files_training_accepts_are_evaluated_too(tmp_path, write_voc, voc_object, train_args):
     # Float coordinates, no <pose>/<truncated>/<difficult>, .png images, a one-line split file, no <size>:
     # training reads them, and the evaluation at the end of training reads the same files.
@@ -157,6 +159,7 @@ def test_eval_only_needs_weights_and_a_test_set(tmp_path, train_args):
 
 
 # ----------------------------------------------------------------------------- nothing overwritten
+@pytest.mark.slow
 def test_new_run_in_a_used_output_dir_is_refused(tmp_path, train_args):
     info = _shapes(tmp_path)
     out = tmp_path / "out"
@@ -232,6 +235,7 @@ train_net.main(train_net.argument_parser().parse_args(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_run_killed_during_a_checkpoint_save_resumes_to_the_same_weights(tmp_path, train_args):
     import subprocess
     import sys
@@ -337,12 +341,8 @@ def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, lo
 
 
 # ----------------------------------------------------------------------------- tools/check_dataset.py
-def test_check_dataset_tool_lists_every_problem(tmp_path, capsys, write_voc, voc_object):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_dataset_tool", os.path.join(ROOT, "tools", "check_dataset.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_check_dataset_tool_lists_every_problem(tmp_path, capsys, write_voc, voc_object, load_tool):
+    tool = load_tool("check_dataset")
 
     root = write_voc(tmp_path, {
         "good": [voc_object("square", (2, 2, 30, 30))],

@@ -45,6 +45,7 @@ def class_keys(model):
     return {"head.conf." + k for k in model.head.conf.state_dict()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("authors", [False, True], ids=["ours", "authors"])
 def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors):
     source = detector(80)
@@ -73,6 +74,7 @@ def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors
     assert "(480, 128, 3, 3) in the file, (18, 128, 3, 3) in the model" in message
 
 
+@pytest.mark.slow
 def test_finetune_still_refuses_another_backbone(tmp_path):
     path = save(detector(80, backbone="ResNet18"), tmp_path / "resnet.pth")
     target = detector(3)
@@ -92,6 +94,7 @@ def test_finetune_still_refuses_another_number_of_levels(tmp_path):
         MutualGuideCheckpointer(detector(3), finetune=True).load(path)
 
 
+@pytest.mark.slow
 def test_without_finetune_other_classes_are_refused_and_the_fix_named(tmp_path):
     path = save(detector(80), tmp_path / "coco.pth", authors=True)
     target = detector(3, seed=1)
@@ -110,6 +113,7 @@ def shapes(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_training_runs_after_finetuning_from_80_classes(shapes, train_args, tmp_path):
     path = save(detector(80, backbone="ResNet18"), tmp_path / "coco.pth")
     out = tmp_path / "run"
@@ -123,6 +127,7 @@ def test_training_runs_after_finetuning_from_80_classes(shapes, train_args, tmp_
     assert final["model"]["head.conf.0.weight"].shape == (6 * 3, 128, 3, 3)
 
 
+@pytest.mark.slow
 def test_eval_only_reads_the_authors_file_as_ours(shapes, train_args, tmp_path):
     """The contract: `train_net.py --eval-only MODEL.WEIGHTS <authors' file>` evaluates the same network."""
 
@@ -142,6 +147,7 @@ def test_eval_only_reads_the_authors_file_as_ours(shapes, train_args, tmp_path):
     assert evaluate(detector(3, backbone="ResNet18", seed=2), authors=True) != ours  # the weights were used
 
 
+@pytest.mark.slow
 def test_finetune_without_weights_is_refused(shapes, train_args, tmp_path):
     args = train_args(shapes, tmp_path, "MODEL.MUTUAL_GUIDE.FINETUNE", "True", "SOLVER.MAX_ITER", 1)
     with pytest.raises(ValueError, match="FINETUNE True needs MODEL.WEIGHTS"):
@@ -156,6 +162,7 @@ def _load_in_each_process(path, output_dir):
     torch.save(target.head.conf.state_dict(), os.path.join(output_dir, f"conf_rank{comm.get_rank()}.pth"))
 
 
+@pytest.mark.slow
 def test_processes_start_the_new_class_layers_alike(tmp_path):
     path = save(detector(80), tmp_path / "coco.pth")
     launch(_load_in_each_process, 2, dist_url=f"tcp://127.0.0.1:{_find_free_port()}", args=(path, str(tmp_path)))

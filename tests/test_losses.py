@@ -1,6 +1,4 @@
 import math
-import os
-import sys
 
 import pytest
 import torch
@@ -11,9 +9,6 @@ from detectron2.structures import Boxes, Instances
 
 from mutual_guide.assignment import AnchorLabels, build_anchor_matcher, pad_ground_truth
 from mutual_guide.losses import balanced_l1_loss, mutual_guide_losses, sigmoid_focal_loss_sum
-
-sys.path.insert(0, os.path.dirname(__file__))
-from oracle import oracle_label_anchors, oracle_losses, ssd_encode  # noqa: E402
 
 B2B = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
 LN2 = math.log(2.0)
@@ -104,12 +99,12 @@ def test_balanced_l1_continuous_at_beta_with_gradients():
     assert x.grad.tolist()[1:] == pytest.approx([1.5, below], rel=1e-6)
 
 
-def test_box2box_transform_is_ssd_encoding():
+def test_box2box_transform_is_ssd_encoding(oracle):
     anchors = torch.tensor([[10.0, 20.0, 40.0, 35.0], [0.0, 0.0, 8.0, 8.0]])
     boxes = torch.tensor([[12.0, 18.0, 50.0, 30.0], [1.0, 2.0, 5.0, 9.0]])
     deltas = B2B.get_deltas(anchors, boxes)
     for d, b, a in zip(deltas, boxes, anchors):
-        assert d.tolist() == pytest.approx(ssd_encode(b.tolist(), a.tolist()), rel=1e-5, abs=1e-6)
+        assert d.tolist() == pytest.approx(oracle.ssd_encode(b.tolist(), a.tolist()), rel=1e-5, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- mutual_guide_losses, by hand
@@ -163,27 +158,30 @@ def test_gradients_reach_trained_scores_only(ignore):
 # ----------------------------------------------------------------------------- against the oracle
 @pytest.mark.parametrize("ignore", ["anchor", "class"])
 @pytest.mark.parametrize("mutual", [True, False])
-@pytest.mark.parametrize("seed,max_boxes", [(10, 0), (11, 1), (12, 5), (13, 9)])
-def test_losses_equal_oracle(mutual, seed, max_boxes, ignore, random_batch):
-    anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes)
-    deltas = torch.randn(logits.shape[0], len(anchors), 4, generator=torch.Generator().manual_seed(seed))
-    instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
-    gt_boxes, gt_classes, valid = pad_ground_truth(instances)
-    num_classes = logits.shape[-1]
-    labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred, logits)
-    expected_labels = oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits, mutual_guidance=mutual)
-    kwargs = dict(focal_alpha=0.3, focal_gamma=1.5, bl1_alpha=0.5, bl1_gamma=1.5, bl1_beta=0.11, ignore=ignore)
-    out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
-    expected = oracle_losses(logits, deltas, anchors, boxes, expected_labels, **kwargs)
-    assert float(out["loss_cls"]) == pytest.approx(float(expected["loss_cls"]), rel=1e-5)
-    assert float(out["loss_box_reg"]) == pytest.approx(float(expected["loss_box_reg"]), rel=1e-5, abs=1e-7)
-    if max_boxes:
-        assert float(out["loss_box_reg"]) > 0
-    if ignore == "class" and (labels.cls_labels == -1).any():
-        # the rules differ exactly when an anchor is ignored: "class" keeps its other C - 1 scores
-        kwargs["ignore"] = "anchor"
-        anchor_rule = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
-        assert float(out["loss_cls"]) > float(anchor_rule["loss_cls"])
+def test_losses_equal_oracle(mutual, ignore, random_batch, oracle):
+    for seed, max_boxes in [(10, 0), (11, 1), (12, 5), (13, 9)]:  # no box, one, several, many
+        anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes)
+        deltas = torch.randn(logits.shape[0], len(anchors), 4, generator=torch.Generator().manual_seed(seed))
+        instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
+        gt_boxes, gt_classes, valid = pad_ground_truth(instances)
+        num_classes = logits.shape[-1]
+        labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred,
+                                                                       logits)
+        expected_labels = oracle.oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits,
+                                                      mutual_guidance=mutual)
+        kwargs = dict(focal_alpha=0.3, focal_gamma=1.5, bl1_alpha=0.5, bl1_gamma=1.5, bl1_beta=0.11, ignore=ignore)
+        out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
+        expected = oracle.oracle_losses(logits, deltas, anchors, boxes, expected_labels, **kwargs)
+        case = f"seed {seed}, {max_boxes} boxes at most"
+        assert float(out["loss_cls"]) == pytest.approx(float(expected["loss_cls"]), rel=1e-5), case
+        assert float(out["loss_box_reg"]) == pytest.approx(float(expected["loss_box_reg"]), rel=1e-5, abs=1e-7), case
+        if max_boxes:
+            assert float(out["loss_box_reg"]) > 0, case
+        if ignore == "class" and (labels.cls_labels == -1).any():
+            # the rules differ exactly when an anchor is ignored: "class" keeps its other C - 1 scores
+            kwargs["ignore"] = "anchor"
+            anchor_rule = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
+            assert float(out["loss_cls"]) > float(anchor_rule["loss_cls"]), case
 
 
 @pytest.mark.parametrize("mutual", [True, False])

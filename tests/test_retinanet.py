@@ -1,6 +1,5 @@
 """MutualGuideRetinaNet: detectron2's RetinaNet without mutual guidance, the paper's assignment with it."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -17,9 +16,6 @@ from detectron2.utils.events import EventStorage
 from mutual_guide.assignment import AnchorLabels, MutualGuidanceMatcher
 from mutual_guide.config import add_mutual_guide_config
 from mutual_guide.data import make_synthetic_dataset
-
-sys.path.insert(0, os.path.dirname(__file__))
-from oracle import focal, oracle_label_anchors  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 3
@@ -117,7 +113,7 @@ def test_without_mutual_guidance_it_is_detectron2s_retinanet(retinanets):
         assert torch.equal(e.scores, o.scores) and torch.equal(e.pred_classes, o.pred_classes)
 
 
-def test_with_mutual_guidance_labels_are_the_oracles(retinanets):
+def test_with_mutual_guidance_labels_are_the_oracles(retinanets, oracle):
     """Per image, on RetinaNet's anchors and decoded predictions in pixels: the plain per-object assignment."""
     _, _, mutual = retinanets
     assert isinstance(mutual.anchor_matcher, MutualGuidanceMatcher)
@@ -129,7 +125,7 @@ def test_with_mutual_guidance_labels_are_the_oracles(retinanets):
     all_anchors = Boxes.cat(anchors).tensor
     deltas = torch.cat(deltas, dim=1).detach()
     pred_boxes = torch.stack([mutual.box2box_transform.apply_deltas(d, all_anchors) for d in deltas])
-    expected = oracle_label_anchors(
+    expected = oracle.oracle_label_anchors(
         all_anchors, [x.gt_boxes.tensor for x in gt], [x.gt_classes for x in gt], C, pred_boxes,
         torch.cat(logits, dim=1),
     )
@@ -145,7 +141,7 @@ def test_with_mutual_guidance_labels_are_the_oracles(retinanets):
     assert not torch.equal(labels.cls_labels, torch.stack(iou_labels))
 
 
-def test_with_mutual_guidance_each_loss_runs_over_its_tasks_anchors(retinanets):
+def test_with_mutual_guidance_each_loss_runs_over_its_tasks_anchors(retinanets, oracle):
     _, _, mutual = retinanets
     batch = two_sizes_batch()
     gt = [x["instances"] for x in batch]
@@ -166,7 +162,7 @@ def test_with_mutual_guidance_each_loss_runs_over_its_tasks_anchors(retinanets):
                 target = torch.zeros(C)
                 if label < C:
                     target[label] = 1.0
-                loss_cls += float(focal(logits[i, a].detach(), target, alpha=0.25, gamma=2.0).sum())
+                loss_cls += float(oracle.focal(logits[i, a].detach(), target, alpha=0.25, gamma=2.0).sum())
             if labels.reg_mask[i, a]:
                 box = gt[i].gt_boxes.tensor[labels.reg_idx[i, a]]
                 target = mutual.box2box_transform.get_deltas(all_anchors[a : a + 1], box[None])[0]

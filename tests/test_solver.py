@@ -74,6 +74,7 @@ def test_bad_schedule_is_refused_naming_the_key(key, value, message):
         lrs_of(cfg, [0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"])
 def test_parameter_groups_are_the_seeds(backbone):
     """main.py's tencent_trick: no weight decay on 1-D tensors and on names ending in '.bias'; SGD momentum 0.9."""

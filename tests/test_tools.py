@@ -1,5 +1,4 @@
 """tools/export_model.py and tools/benchmark.py as a user runs them, on the CPU, and on CUDA where there is one."""
-import importlib.util
 import os
 
 import cv2
@@ -15,13 +14,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def photo(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
@@ -30,7 +22,7 @@ def photo(tmp_path):
     return path
 
 
-def run_export(tmp_path, photo, device, capsys):
+def run_export(tmp_path, photo, device, capsys, load_tool):
     load_tool("export_model").main([
         "--config-file", CONFIG, "--format", "both", "--with-nms", "--allow-random-weights",
         "--output", str(tmp_path / "exported"), "--device", device, "--verify", photo, *SMALL,
@@ -38,22 +30,23 @@ def run_export(tmp_path, photo, device, capsys):
     return capsys.readouterr().out
 
 
-def test_export_tool_verifies_on_cpu(tmp_path, photo, capsys):
-    out = run_export(tmp_path, photo, "cpu", capsys)
+@pytest.mark.slow
+def test_export_tool_verifies_on_cpu(tmp_path, photo, capsys, load_tool):
+    out = run_export(tmp_path, photo, "cpu", capsys, load_tool)
     lines = [line for line in out.splitlines() if "max box difference" in line]
     assert len(lines) == 2 and all("same" in line for line in lines), out
 
 
 @needs_cuda
-def test_export_tool_verifies_on_cuda(tmp_path, photo, capsys):
-    out = run_export(tmp_path, photo, "cuda", capsys)
+def test_export_tool_verifies_on_cuda(tmp_path, photo, capsys, load_tool):
+    out = run_export(tmp_path, photo, "cuda", capsys, load_tool)
     lines = [line for line in out.splitlines() if "max box difference" in line]
     assert len(lines) == 2 and all("same" in line for line in lines), out
 
 
 @without_cuda
 @pytest.mark.parametrize("tool", ["export_model", "benchmark"])
-def test_tools_say_when_cuda_is_missing(tool, tmp_path):
+def test_tools_say_when_cuda_is_missing(tool, tmp_path, load_tool):
     argv = ["--config-file", CONFIG, "--device", "cuda"]
     if tool == "export_model":
         argv += ["--output", str(tmp_path), "--allow-random-weights"]
@@ -61,8 +54,9 @@ def test_tools_say_when_cuda_is_missing(tool, tmp_path):
         load_tool(tool).main(argv + SMALL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
-def test_benchmark_tool_prints_its_figures(device, capsys):
+def test_benchmark_tool_prints_its_figures(device, capsys, load_tool):
     load_tool("benchmark").main([
         "--config-file", CONFIG, "--device", device, "--batch-sizes", "1", "--iters", "1",
         "--assign-batch", "2", "--no-flops", "--layouts", *SMALL,

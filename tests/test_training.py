@@ -13,6 +13,7 @@ from conftest import ROOT
 from mutual_guide.data import make_synthetic_dataset
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
+pytestmark = pytest.mark.slow  # the module's runs share a training fixture: all of it is left to `make test`
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import mutual_guide
 import mutual_guide.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
 from mutual_guide.checkpoint import MutualGuideCheckpointer
+from mutual_guide.data.resize import resize_to_input
 from mutual_guide.engine import check_device
 from mutual_guide.export import add_nms, export_onnx, export_torchscript, prepare_for_export
 
@@ -101,7 +102,7 @@ def load_model(cfg, allow_random_weights: bool):
 
 
 def read_images(paths, size: int) -> torch.Tensor:
-    """BGR images resized to size x size as the predictor does (bilinear, aspect not kept): [N, 3, S, S] uint8."""
+    """BGR images resized to size x size as evaluation and the predictor do (resize_to_input): [N, 3, S, S] uint8."""
     import cv2
     import numpy as np
 
@@ -110,7 +111,7 @@ def read_images(paths, size: int) -> torch.Tensor:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             sys.exit(f"export_model.py: cannot read image {path!r}")
-        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
+        images.append(resize_to_input(image, size))
     return torch.as_tensor(np.stack(images).transpose(0, 3, 1, 2).copy())
 
 

@@ -1,10 +1,12 @@
 """Pieces of the training loop that differ from detectron2's defaults."""
+import contextlib
+import functools
 import logging
 import os
+from unittest import mock
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
 from detectron2.data import MetadataCatalog
@@ -21,7 +23,7 @@ __all__ = [
     "check_device",
     "check_num_classes",
     "convert_sync_batchnorm",
-    "create_ddp_model_any_device",
+    "cpu_ddp_without_device_ids",
     "load_imagenet_backbone",
 ]
 
@@ -85,18 +87,21 @@ def check_amp_supported(cfg):
         )
 
 
-def create_ddp_model_any_device(model, **kwargs):
+@contextlib.contextmanager
+def cpu_ddp_without_device_ids(cfg):
     """
-    detectron2's create_ddp_model, also for CPU models: it always passes `device_ids=[local_rank]`, which
-    DistributedDataParallel rejects for a module on the CPU (gloo training); CPU modules get device_ids=None.
+    For the duration of DefaultTrainer.__init__: on a multi-process CPU run (gloo), its call of detectron2's
+    `create_ddp_model(model, broadcast_buffers=False)` gets `device_ids=None`. Without it create_ddp_model passes
+    `device_ids=[local rank]`, which DistributedDataParallel refuses for a module on the CPU; create_ddp_model
+    takes the argument, but DefaultTrainer.__init__ gives no way to pass it short of copying that method.
     """
-    if comm.get_world_size() == 1:
-        return model
-    if next(model.parameters()).device.type == "cuda":
-        kwargs.setdefault("device_ids", [comm.get_local_rank()])
-    else:
-        kwargs["device_ids"] = None
-    return DistributedDataParallel(model, **kwargs)
+    if torch.device(cfg.MODEL.DEVICE).type != "cpu" or comm.get_world_size() == 1:
+        yield
+        return
+    from detectron2.engine import defaults
+
+    with mock.patch.object(defaults, "create_ddp_model", functools.partial(defaults.create_ddp_model, device_ids=None)):
+        yield
 
 
 def check_num_classes(cfg, dataset_names):

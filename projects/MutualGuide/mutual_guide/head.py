@@ -17,8 +17,6 @@ class MutualGuideHead(nn.Module):
 
     def __init__(self, in_channels: int, num_levels: int, num_classes: int, num_anchors: int = 6):
         super().__init__()
-        self.num_classes = num_classes
-        self.num_anchors = num_anchors
         self.loc = nn.ModuleList(
             nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1) for _ in range(num_levels)
         )

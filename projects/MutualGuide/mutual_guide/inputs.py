@@ -2,15 +2,20 @@
 detectron2's list of per-image dicts -> device tensors, once per batch.
 
 Everything that depends on the number of images is done on the host, where reading a value costs no device
-synchronisation: the images are stacked, the ground truth is scaled, clipped, checked and padded in one go, and
-each goes to the device in one non-blocking copy (from pinned memory when the device is a GPU).
+synchronisation: the images are stacked, the ground truth is scaled, checked and padded in one go, and each goes
+to the device in one non-blocking copy (from pinned memory when the device is a GPU).
+
+Ground truth is clipped to its image and emptied boxes dropped in one place, the dataset mapper
+(`data.mapper.annotations_to_boxes`, which counts and logs them), as detectron2's DatasetMapper does before its
+models see the boxes; here a box without width or height is an error, not a second silent drop.
 """
 from typing import Dict, List, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
+
+from .data.resize import resize_tensor_to_input
 
 __all__ = ["GroundTruth", "batch_ground_truth", "batch_images", "to_device"]
 
@@ -18,13 +23,12 @@ __all__ = ["GroundTruth", "batch_ground_truth", "batch_images", "to_device"]
 class GroundTruth(NamedTuple):
     """
     Padded ground truth of a batch in the S x S frame: boxes [N, G, 4] XYXY, classes [N, G] long, valid [N, G]
-    bool, and the number of boxes dropped for having no width or height (they are padding now).
+    bool (False on padding).
     """
 
     boxes: Tensor
     classes: Tensor
     valid: Tensor
-    num_dropped: int = 0
 
 
 def to_device(tensor: Tensor, device: torch.device) -> Tensor:
@@ -36,32 +40,26 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
 
 def batch_images(batched_inputs: List[Dict], size: int, device: torch.device) -> Tensor:
     """
-    The "image" tensors (C x H x W, any dtype) as one [N, C, S, S] tensor on `device`, still in the input dtype.
-    Images that are not S x S are resized there (bilinear, aspect not kept, as the paper's test transform).
+    The "image" tensors (C x H x W, any dtype) as one [N, C, S, S] tensor on `device`, in the input dtype.
+    Images that are not S x S are resized by `data.resize.resize_tensor_to_input`, the mapper's and the
+    predictor's resize, so that the network sees the same pixels whichever way an image reaches it.
     """
     images = [x["image"] for x in batched_inputs]
-    if all(im.shape[-2:] == (size, size) for im in images):
-        if device.type == "cuda" and images[0].device.type == "cpu":
-            # stacked straight into pinned memory: one host copy, then an asynchronous transfer
-            pinned = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=True)
-            return torch.stack(images, out=pinned).to(device, non_blocking=True)
-        return torch.stack(images).to(device)
-    resized = []
-    for image in images:
-        image = image.to(device)
-        if image.shape[-2:] != (size, size):
-            image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
-        resized.append(image.float())
-    return torch.stack(resized)
+    images = [im if im.shape[-2:] == (size, size) else resize_tensor_to_input(im, size) for im in images]
+    if device.type == "cuda" and all(im.device.type == "cpu" for im in images):
+        # stacked straight into pinned memory: one host copy, then an asynchronous transfer
+        pinned = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=True)
+        return torch.stack(images, out=pinned).to(device, non_blocking=True)
+    return torch.stack([im.to(device) for im in images])
 
 
 def batch_ground_truth(batched_inputs: List[Dict], size: int, device: torch.device) -> GroundTruth:
     """
     Each input's "instances" (`gt_boxes` in the pixels of its "image", `gt_classes`) in the S x S frame the
-    network sees: scaled when the image is resized to S x S, clipped to it, boxes left without width or height
-    dropped (counted in `num_dropped`; they stay as padding, `valid` False), padded to the largest number of boxes.
+    network sees: scaled when the image is resized to S x S, padded to the largest number of boxes.
 
-    Raises ValueError naming the input's file when it has no "instances" or a box is not finite.
+    Raises ValueError naming the input's file when it has no "instances", or a box is not finite or has no
+    width or height (the mapper drops those: see the module's docstring).
     """
     rows = []
     for x in batched_inputs:
@@ -74,16 +72,18 @@ def batch_ground_truth(batched_inputs: List[Dict], size: int, device: torch.devi
         classes = instances.gt_classes.to("cpu", torch.float32).unsqueeze(1)  # exact below 2**24 classes
         rows.append(torch.cat([boxes * scale, classes, torch.ones_like(classes)], dim=1))
     packed = pad_sequence(rows, batch_first=True) if rows else torch.zeros(0, 0, 6)  # [N, G, 6]
-    boxes, present = packed[..., :4], packed[..., 5] > 0
-    finite = torch.isfinite(boxes).all(-1) | ~present
-    boxes.clamp_(min=0.0, max=float(size))
-    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    valid = present & nonempty
-    # one host read for the batch
-    all_finite, dropped = torch.stack([finite.all(), (present & ~nonempty).sum()]).tolist()
-    if not all_finite:
-        bad = [batched_inputs[i].get("file_name", f"input {i}") for i in (~finite).any(-1).nonzero().flatten()]
-        raise ValueError(f"Ground-truth boxes with infinite or NaN coordinates in {bad}")
-    packed[..., 5] = valid.float()
+    boxes, valid = packed[..., :4], packed[..., 5] > 0
+    finite = torch.isfinite(boxes).all(-1)
+    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # False for NaN
+    bad = valid & ~(finite & nonempty)
+    if bad.any().tolist():  # one look at the values for the batch, on the host (`tolist` dispatches no operator)
+        for i, row in zip(*bad.nonzero(as_tuple=True)):
+            name = batched_inputs[i].get("file_name", f"input {int(i)}")
+            raise ValueError(
+                f"Ground-truth box {boxes[i, row].tolist()} of {name!r} (in the {size} x {size} frame) is "
+                + ("not finite" if not finite[i, row] else "empty (no width or height)")
+                + ": the dataset mapper must clip boxes to the image and drop empty ones, as "
+                "MutualGuideDatasetMapper and detectron2's DatasetMapper do"
+            )
     packed = to_device(packed, device)
-    return GroundTruth(packed[..., :4], packed[..., 4].long(), packed[..., 5] > 0, int(dropped))
+    return GroundTruth(packed[..., :4], packed[..., 4].long(), packed[..., 5] > 0)

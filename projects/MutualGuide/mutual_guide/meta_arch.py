@@ -4,7 +4,6 @@ A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 
 (6 anchors per location, per-level convs). What is new is in training: which anchors each task learns from is
 chosen by the other task's predictions (see `assignment.py`).
 """
-import logging
 from typing import Dict, List, Tuple, Union
 
 import torch
@@ -16,7 +15,6 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import log_every_n_seconds
 
 from .anchors import anchors_per_level, generate_anchors, generate_normalized_anchors, num_levels_for
 from .assignment import AnchorMatcher, build_anchor_matcher, pad_ground_truth
@@ -29,8 +27,6 @@ from .paper_checkpoint import rename_paper_keys
 from .postprocessing import rescale_detections, select_detections
 
 __all__ = ["MutualGuideDetector"]
-
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -131,7 +127,6 @@ class MutualGuideDetector(DenseDetector):
         # The authors' checkpoints name the head `loc`/`conf` at the top level: renamed on load, whatever loads
         # (paper_checkpoint.py says why here and not in a checkpointer).
         self.register_load_state_dict_pre_hook(rename_paper_keys)
-        self.num_dropped_boxes = 0  # ground-truth boxes without width or height, left out of training
         self.channels_last = channels_last
         if channels_last:
             # build_model's .to(device) keeps the layout, so DDP later sees the parameters as they will train
@@ -234,14 +229,6 @@ class MutualGuideDetector(DenseDetector):
         images = self.preprocess_image(batched_inputs)
         if self.training:
             gt = batch_ground_truth(batched_inputs, self.input_size, self.device)
-            if gt.num_dropped:
-                self.num_dropped_boxes += gt.num_dropped
-                log_every_n_seconds(
-                    logging.WARNING,
-                    f"Dropped {gt.num_dropped} degenerate ground-truth box(es) (zero width or height), "
-                    f"{self.num_dropped_boxes} since start",
-                    n=30,
-                )
             logits, deltas = self.predict(images.tensor)
             return self.losses(logits, deltas, gt)
         logits, deltas = self.predict(images.tensor)

@@ -1,11 +1,11 @@
 """Run a trained detector on single images, with the same preprocessing as evaluation."""
-import cv2
 import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from .checkpoint import MutualGuideCheckpointer
+from .data.resize import resize_to_input
 
 __all__ = ["MutualGuidePredictor"]
 
@@ -13,7 +13,8 @@ __all__ = ["MutualGuidePredictor"]
 class MutualGuidePredictor:
     """
     Like detectron2's DefaultPredictor, with the paper's test transform: the BGR image is resized to
-    INPUT.SIZE x INPUT.SIZE (aspect not kept, bilinear) and boxes come back in the original image's pixels.
+    INPUT.SIZE x INPUT.SIZE by `resize_to_input`, as in evaluation, and boxes come back in the original image's
+    pixels.
     detectron2's DefaultPredictor would resize the shortest edge to INPUT.MIN_SIZE_TEST first, which is
     slower here and changes the interpolation, so the outputs would differ from evaluation.
     """
@@ -40,6 +41,6 @@ class MutualGuidePredictor:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             raise ValueError(f"Expected an H x W x 3 BGR image, got an array of shape {image_bgr.shape}")
         height, width = image_bgr.shape[:2]
-        resized = cv2.resize(image_bgr, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        resized = resize_to_input(image_bgr, self.size)
         tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy())
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]

@@ -19,6 +19,8 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import CropTransform, NoOpTransform, PadTransform, Transform, TransformList
 
+from .resize import resize_image
+
 __all__ = [
     "CV2_INTERPOLATIONS",
     "CV2ResizeTransform",
@@ -55,8 +57,7 @@ class CV2ResizeTransform(T.ResizeTransform):
 
     def apply_image(self, img, interp=None):
         assert img.shape[:2] == (self.h, self.w), (img.shape, (self.h, self.w))
-        out = cv2.resize(img, (self.new_w, self.new_h), interpolation=self.interp if interp is None else interp)
-        return out.reshape(out.shape[:2] + img.shape[2:])  # cv2 drops a trailing channel of size 1
+        return resize_image(img, self.new_h, self.new_w, self.interp if interp is None else interp)
 
     def apply_segmentation(self, segmentation):
         return self.apply_image(segmentation, interp=cv2.INTER_NEAREST)
@@ -229,7 +230,7 @@ class RandomInterpolationResize(T.Augmentation):
 
 
 def plain_resize(size):
-    """The seed's test preprocessing: resize to `size` x `size` with cv2.INTER_LINEAR."""
+    """The seed's test preprocessing as an Augmentation (boxes follow): the pixels of `resize.resize_to_input`."""
     return RandomInterpolationResize(size, interps=(cv2.INTER_LINEAR,))
 
 

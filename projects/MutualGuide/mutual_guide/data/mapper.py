@@ -11,6 +11,7 @@ from detectron2.structures import BoxMode, Boxes, Instances
 from detectron2.utils.logger import log_every_n_seconds
 
 from .augmentation import DetectionAugInput, RandomInterpolationResize, build_augmentation, min_side_keep, plain_resize
+from .resize import resize_to_input
 
 __all__ = ["MutualGuideDatasetMapper", "read_image_checked", "annotations_to_boxes"]
 
@@ -50,11 +51,12 @@ class MutualGuideDatasetMapper:
     "height"/"width" of the original image, the input's other fields ("file_name", "image_id", ...), and at
     train time "instances" with `gt_boxes` (XYXY, pixels of the S x S image) and `gt_classes` (from 0).
 
-    Train time, as the seed's `preproc`: boxes outside the image are clipped, empty ones dropped (counted in
-    `self.num_dropped_empty` and logged); the augmentation (INPUT.MG_AUGMENT) or a plain resize runs, and the
-    boxes whose shorter side is not more than MIN_BOX_SIDE_RATIO of the image are dropped. If none is left,
-    the original image is resized (`fallback_resize`) and keeps all its boxes. An image without objects is
-    only resized (`fallback_resize`) and gives empty Instances. Test time: resize only, annotations removed.
+    Train time: boxes outside the image are clipped and empty ones dropped, here and nowhere else (counted in
+    `self.num_dropped_empty` and logged; the model refuses an empty box rather than dropping it again); the
+    augmentation (INPUT.MG_AUGMENT) or a plain resize runs, and the boxes whose shorter side is not more than
+    MIN_BOX_SIDE_RATIO of the image are dropped. If none is left, the original image is resized
+    (`fallback_resize`) and keeps all its boxes. An image without objects is only resized (`fallback_resize`)
+    and gives empty Instances. Test time: `resize.resize_to_input` only, annotations removed.
     """
 
     @configurable
@@ -76,8 +78,8 @@ class MutualGuideDatasetMapper:
         """
         self.is_train = is_train
         self.augmentations = augmentations
-        self.resize_only = plain_resize(size)
-        self.fallback_resize = fallback_resize or self.resize_only
+        self.size = size
+        self.fallback_resize = fallback_resize or plain_resize(size)
         self.image_format = image_format
         self.min_box_side_ratio = min_box_side_ratio
         self.train_crowd_boxes = train_crowd_boxes
@@ -103,18 +105,17 @@ class MutualGuideDatasetMapper:
         annotations = dataset_dict.pop("annotations", None)
 
         if not self.is_train:
-            aug_input = DetectionAugInput(image, boxes=np.zeros((0, 4), dtype=np.float32))
-            self.resize_only(aug_input)
-            dataset_dict["image"] = _to_tensor(aug_input.image)
+            dataset_dict["image"] = _to_tensor(resize_to_input(image, self.size))
             return dataset_dict
 
         boxes, classes, dropped = annotations_to_boxes(annotations or [], image.shape[:2], self.train_crowd_boxes)
         if dropped:
             self.num_dropped_empty += dropped
+            # each data-loader worker holds its own copy of the mapper, hence its own count
             log_every_n_seconds(
                 logging.WARNING,
-                f"Dropped {dropped} empty box(es) of {dataset_dict['file_name']} "
-                f"({self.num_dropped_empty} since start)",
+                f"Dropped {dropped} empty box(es) of {dataset_dict['file_name']} (no width or height once clipped "
+                f"to the image; {self.num_dropped_empty} dropped by this data-loader process since it started)",
                 n=60,
                 name=__name__,
             )
