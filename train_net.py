@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 from mutual_guide import add_mutual_guide_config, preflight
 from mutual_guide.atomic_io import AtomicJSONWriter, remove_stale_temporaries
 from mutual_guide.checkpoint import MutualGuideCheckpointer
-from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
+from mutual_guide.data import build_dataset_mapper, check_dataset_paths, register_custom_datasets
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine import (
     BestModelCheckpointer,
@@ -41,7 +41,7 @@ from mutual_guide.solver import build_lr_scheduler
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the project's data mapper, evaluators, strict checkpointer and CPU-capable DDP."""
+    """DefaultTrainer with the project's data mapper (detectron2's for its own detectors), evaluators, strict checkpointer and CPU-capable DDP."""
 
     def __init__(self, cfg):
         check_amp_supported(cfg)
@@ -103,7 +103,7 @@ class Trainer(DefaultTrainer):
         loader = build_detection_train_loader(
             cfg,
             dataset=training_dataset_dicts(cfg),
-            mapper=MutualGuideDatasetMapper(cfg, is_train=True),
+            mapper=build_dataset_mapper(cfg, is_train=True),
             pin_memory=pin_memory,
         )
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
@@ -119,7 +119,7 @@ class Trainer(DefaultTrainer):
         dataset = test_dataset_dicts(cfg, dataset_name)
         loader = build_detection_test_loader(
             dataset,
-            mapper=MutualGuideDatasetMapper(cfg, is_train=False),
+            mapper=build_dataset_mapper(cfg, is_train=False),
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             batch_size=cfg.TEST.IMS_PER_BATCH,
         )
@@ -177,8 +177,8 @@ def main(args):
         check_datasets(cfg, cfg.DATASETS.TEST)  # before the weights are loaded: bad data fails first
         model = Trainer.build_model(cfg)
         MutualGuideCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        if cfg.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE:
-            model.fuse_for_inference()
+        if cfg.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE and hasattr(model, "fuse_for_inference"):
+            model.fuse_for_inference()  # MutualGuideDetector's; detectron2's RetinaNet has frozen BatchNorm
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -5,7 +5,7 @@ Importing this package registers the builtin datasets (mg_voc_*, mg_coco_*) with
 from . import builtin  # noqa: F401  (registers the builtin datasets)
 from .builtin import check_dataset_paths
 from .custom import register_custom_datasets
-from .mapper import MutualGuideDatasetMapper
+from .mapper import MutualGuideDatasetMapper, build_dataset_mapper
 from .synthetic import make_synthetic_dataset
 
-__all__ = ["MutualGuideDatasetMapper", "check_dataset_paths", "make_synthetic_dataset", "register_custom_datasets"]
+__all__ = ["MutualGuideDatasetMapper", "build_dataset_mapper", "check_dataset_paths", "make_synthetic_dataset", "register_custom_datasets"]

@@ -13,7 +13,7 @@ from detectron2.utils.logger import log_every_n_seconds
 from .augmentation import DetectionAugInput, RandomInterpolationResize, build_augmentation, min_side_keep, plain_resize
 from .resize import resize_to_input
 
-__all__ = ["MutualGuideDatasetMapper", "read_image_checked", "annotations_to_boxes"]
+__all__ = ["MutualGuideDatasetMapper", "annotations_to_boxes", "build_dataset_mapper", "read_image_checked"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +146,16 @@ class MutualGuideDatasetMapper:
 
 def _to_tensor(image):
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def build_dataset_mapper(cfg, is_train):
+    """
+    The mapper of the configured detector: ours (the paper's augmentation, S x S inputs) for MutualGuideDetector,
+    detectron2's DatasetMapper (its multi-scale resize, flip and padding) for its own detectors such as
+    MutualGuideRetinaNet, which must see exactly what detectron2's RetinaNet sees.
+    """
+    if cfg.MODEL.META_ARCHITECTURE == "MutualGuideDetector":
+        return MutualGuideDatasetMapper(cfg, is_train=is_train)
+    from detectron2.data import DatasetMapper
+
+    return DatasetMapper(cfg, is_train=is_train)
