@@ -47,8 +47,12 @@ def seed_optimizer(model, base_lr):
     return torch.optim.SGD(seed_param_groups(model), lr=base_lr, momentum=0.9, weight_decay=5e-4)
 
 
-def build_seed_model(seed_repo, size, num_classes, backbone="ShuffleNetV2", neck="FPN"):
-    """The seed's Detector (num_classes objects + its background slot), from scratch: no ImageNet download."""
+def build_seed_model(seed_repo, size, num_classes, backbone="ShuffleNetV2", neck="FPN", pretrained=""):
+    """
+    The seed's Detector (num_classes objects + its background slot). The seed downloads torchvision's ImageNet
+    weights into its backbone; here nothing is downloaded: `pretrained` is that file on disk (loaded as the
+    seed's `load_pre_trained_weights` does, strict=False), or "" to start from scratch.
+    """
     detector, *backbones = import_seed(
         seed_repo, "models.detector", "models.vgg_backbone", "models.resnet_backbone", "models.repvgg_backbone",
         "models.shufflenet_backbone",
@@ -56,7 +60,10 @@ def build_seed_model(seed_repo, size, num_classes, backbone="ShuffleNetV2", neck
     for module in backbones:
         for obj in vars(module).values():
             if isinstance(obj, type) and hasattr(obj, "load_pre_trained_weights"):
-                obj.load_pre_trained_weights = lambda self: None
+                obj.load_pre_trained_weights = (
+                    (lambda self: self.load_state_dict(torch.load(pretrained, map_location="cpu"), strict=False))
+                    if pretrained else (lambda self: None)
+                )
     return detector.Detector(size, num_classes + 1, seed_networks(backbone), seed_networks(neck))
 
 
@@ -92,7 +99,7 @@ class SeedDataset(Dataset):
 
 
 def train_seed(seed_repo, dicts, *, size, num_classes, backbone, neck, mutual_guide, base_lr, warm_iter, max_iter,
-               batch, workers, seed, log_every=50, on_step=None):
+               batch, workers, seed, log_every=50, on_step=None, pretrained=""):
     """
     main.py's training loop on `dicts` (our dataset dicts of the training set); returns the trained model.
     `seed` seeds torch, numpy and random (main.py leaves its seeding commented out).
@@ -101,7 +108,7 @@ def train_seed(seed_repo, dicts, *, size, num_classes, backbone, neck, mutual_gu
     np.random.seed(seed)
     torch.manual_seed(seed)
     data_augment, voc = import_seed(seed_repo, "data.data_augment", "data.voc0712")
-    model = build_seed_model(seed_repo, size, num_classes, backbone, neck).train()
+    model = build_seed_model(seed_repo, size, num_classes, backbone, neck, pretrained).train()
     optimizer = seed_optimizer(model, base_lr)
     criterion, priors = seed_criterion(seed_repo, num_classes, size, mutual_guide)
     dataset = SeedDataset(dicts, data_augment.preproc(size))
