@@ -25,20 +25,25 @@ from detectron2.evaluation import print_csv_format  # noqa: E402
 from mutual_guide.data import make_synthetic_dataset  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
+VIS_PERIOD = 450
 
 
-def dataset_opts(info):
+def dataset_opts(info, extra=None):
     """Config overrides declaring the generated dataset as a user's COCO-json data would be declared."""
     custom = info["custom_specs"]  # "shapes_train:coco:json=...;images=..." and "shapes_test:..."
+    train = ["shapes_train"]
+    if extra is not None:  # only its training split: the test set stays the one `info` holds
+        custom = custom + extra["custom_specs"][:1]
+        train.append(extra["custom_specs"][0].split(":")[0])
     return [
         "DATASETS.CUSTOM", str(custom),
-        "DATASETS.TRAIN", "('shapes_train',)",
+        "DATASETS.TRAIN", str(tuple(train)),
         "DATASETS.TEST", "('shapes_test',)",
         "MODEL.MUTUAL_GUIDE.NUM_CLASSES", str(len(info["classes"])),
     ]
 
 
-def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
+def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128, num_extra_train=0):
     """Generate, train, evaluate, draw. Returns the evaluation results (COCO-style dict)."""
     import train_net
     import demo
@@ -50,10 +55,22 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
     )
     print(f"[demo] dataset written to {info['root']} ({num_train} train / {num_test} test images, "
           f"classes {', '.join(info['classes'])})", flush=True)
+    extra = None
+    if num_extra_train > 0:
+        # More images of the same kind from another seed, for training only: the test set above does not change
+        # (the generator draws the training images before the test ones, from one random stream).
+        extra = make_synthetic_dataset(
+            os.path.join(output_dir, "shapes_extra"), fmt="coco", num_train=num_extra_train, num_test=0,
+            image_size=image_size, seed=seed + 1, name="shapes_extra",
+        )
+        print(f"[demo] {num_extra_train} more training images in {extra['root']}", flush=True)
 
     # A demo run replaces the previous demo's files in its folder (train_net refuses that without the flag).
+    # VIS_PERIOD for the training run only: the training images with the anchors each task trains on, in
+    # TensorBoard at the first iteration and half-way (the tests that train from this config draw nothing).
     args = train_net.argument_parser().parse_args(
-        ["--config-file", CONFIG, "--overwrite-output-dir", "OUTPUT_DIR", output_dir] + dataset_opts(info) + list(opts)
+        ["--config-file", CONFIG, "--overwrite-output-dir", "OUTPUT_DIR", output_dir, "VIS_PERIOD", str(VIS_PERIOD)]
+        + dataset_opts(info, extra) + list(opts)
     )
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
@@ -65,7 +82,7 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
     final = os.path.join(output_dir, "model_final.pth")
     eval_args = default_argument_parser().parse_args(
         ["--config-file", CONFIG, "--eval-only", "OUTPUT_DIR", output_dir, "MODEL.WEIGHTS", final]
-        + dataset_opts(info) + list(opts)
+        + dataset_opts(info, extra) + list(opts)
     )
     results = train_net.main(eval_args)
 
@@ -73,7 +90,7 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
     demo.main([
         "--config-file", CONFIG, "--input", os.path.join(info["splits"]["test"]["image_root"], "test_*.jpg"), "--output", draw_dir,
         "--confidence-threshold", str(cfg.TEST.DRAW_SCORE_THRESH),
-        "--opts", "MODEL.WEIGHTS", final, "OUTPUT_DIR", output_dir, *dataset_opts(info), *opts,
+        "--opts", "MODEL.WEIGHTS", final, "OUTPUT_DIR", output_dir, *dataset_opts(info, extra), *opts,
     ])
     if comm.is_main_process():
         print("\n[demo] evaluation of", final, "on shapes_test:")
@@ -83,7 +100,8 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128):
         report = [os.path.join(output_dir, "eval", "shapes_test", f)
                   for f in ("per_class.json", "pr_curve.png", "confusion_matrix.png")]
         print(f"[demo] per-class AP, precision-recall curves and confusion matrix of the test set: {', '.join(report)}")
-        print(f"[demo] metrics.json, TensorBoard events and checkpoints in {output_dir}")
+        print(f"[demo] metrics.json, TensorBoard events (training images with the anchors each task trains on: "
+              f"tensorboard --logdir {output_dir}) and checkpoints in {output_dir}")
         print(f"[demo] total time {time.time() - started:.0f} s")
     return results
 
@@ -93,10 +111,12 @@ def main():
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument("--num-train", type=int, default=400)
     parser.add_argument("--num-test", type=int, default=60)
-    parser.add_argument("--min-ap50", type=float, default=50.0, help="fail when the test AP50 is below this")
+    parser.add_argument("--num-extra-train", type=int, default=1600,
+                        help="training images generated beside --num-train, from another seed (the test set is kept)")
+    parser.add_argument("--min-ap50", type=float, default=75.0, help="fail when the test AP50 is below this")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
-    results = run(args.output_dir, args.num_train, args.num_test, args.opts)
+    results = run(args.output_dir, args.num_train, args.num_test, args.opts, num_extra_train=args.num_extra_train)
     ap50 = results["bbox"]["AP50"]
     if ap50 < args.min_ap50:
         print(f"[demo] AP50 {ap50:.1f} is below {args.min_ap50}: the detector did not learn enough", flush=True)

@@ -134,4 +134,7 @@ def add_mutual_guide_config(cfg):
     _C.TEST.DRAW_SCORE_THRESH = 0.3
     # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
     _C.TEST.BEST_METRIC = "bbox/AP50"
+    # detectron2's key, read by the detector: every this many training iterations, a few of the batch's images with
+    # their ground truth and the anchors each task trains on go to TensorBoard (training_samples.py); 0: never.
+    _C.VIS_PERIOD = 0
     return cfg

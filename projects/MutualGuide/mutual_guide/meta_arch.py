@@ -4,7 +4,7 @@ A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 
 (6 anchors per location, per-level convs). What is new is in training: which anchors each task learns from is
 chosen by the other task's predictions (see `assignment.py`).
 """
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from .losses import IGNORE_RULES, mutual_guide_losses
 from .neck import build_neck
 from .paper_checkpoint import rename_paper_keys
 from .postprocessing import rescale_detections, select_detections
+from .training_samples import put_training_samples, training_class_names
 
 __all__ = ["MutualGuideDetector"]
 
@@ -68,6 +69,7 @@ class MutualGuideDetector(DenseDetector):
         pixel_std: Tuple[float, float, float],
         channels_last: bool = False,
         vis_period: int = 0,
+        vis_class_names: Sequence[str] = (),
     ):
         """
         Args:
@@ -87,7 +89,9 @@ class MutualGuideDetector(DenseDetector):
             max_detections_per_image: detections kept per image after NMS.
             pixel_mean, pixel_std: BGR normalisation of the input.
             channels_last: run the network in the NHWC layout (weights converted here; `predict` converts inputs).
-            vis_period: unused (detectron2's DenseDetector interface).
+            vis_period: every this many iterations, a few training images with the anchors each task trains on
+                go to the EventStorage (`training_samples.py`); 0: never.
+            vis_class_names: class names written on those images' ground truth (ids when empty).
         """
         super().__init__(backbone, head, head_in_features=None, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if input_size % 64 != 0:
@@ -113,6 +117,7 @@ class MutualGuideDetector(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.max_detections_per_image = max_detections_per_image
         self.vis_period = vis_period
+        self.vis_class_names = tuple(vis_class_names)
         self.anchor_base_size = anchor_base_size
         num_levels = num_levels_for(input_size)
         self.num_anchors_per_level = anchors_per_level(input_size, num_levels)
@@ -165,6 +170,7 @@ class MutualGuideDetector(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": torch.device(cfg.MODEL.DEVICE).type in mg.CHANNELS_LAST_DEVICES,
             "vis_period": cfg.VIS_PERIOD,
+            "vis_class_names": training_class_names(cfg),
         }
 
     def _apply(self, fn, *args, **kwargs):
@@ -230,7 +236,7 @@ class MutualGuideDetector(DenseDetector):
         if self.training:
             gt = batch_ground_truth(batched_inputs, self.input_size, self.device)
             logits, deltas = self.predict(images.tensor)
-            return self.losses(logits, deltas, gt)
+            return self.losses(logits, deltas, gt, images=images.tensor)
         logits, deltas = self.predict(images.tensor)
         results = self.inference(logits, deltas)
         processed = []
@@ -268,9 +274,17 @@ class MutualGuideDetector(DenseDetector):
         return gt.boxes, labels
 
     def losses(
-        self, logits: Tensor, deltas: Tensor, gt: Union[GroundTruth, List[Instances]]
+        self,
+        logits: Tensor,
+        deltas: Tensor,
+        gt: Union[GroundTruth, List[Instances]],
+        images: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
-        """Focal loss over positive and negative anchors, balanced L1 over regression positives (float32)."""
+        """
+        Focal loss over positive and negative anchors, balanced L1 over regression positives (float32).
+        `images` (the normalised input) are drawn with the step's anchor labels every `vis_period` iterations.
+        """
+        gt = self._ground_truth(gt)
         gt_boxes, labels = self.label_anchors(logits, deltas, gt)
         alpha, gamma, beta = self.balanced_l1
         losses = mutual_guide_losses(
@@ -296,6 +310,11 @@ class MutualGuideDetector(DenseDetector):
         positive = (labels.cls_labels >= 0) & (labels.cls_labels < self.num_classes)
         counts = torch.stack([positive.sum(), labels.reg_mask.sum()]) / len(logits)
         put_scalars_in_background(storage, ("num_cls_positives", "num_reg_positives"), counts)
+        if images is not None and self.vis_period > 0 and storage.iter % self.vis_period == 0:
+            put_training_samples(
+                storage, images, self.pixel_mean, self.pixel_std, gt, labels, self.anchors, self.num_classes,
+                self.vis_class_names,
+            )
         return losses
 
     # ------------------------------------------------------------------ inference
