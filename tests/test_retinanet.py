@@ -301,8 +301,14 @@ def test_train_net_trains_and_evaluates_it_as_detectron2_would(tmp_path):
     config = os.path.join(ROOT, "configs", "retinanet_R50_FPN_mg_coco.yaml")
     seen = []
     original = DatasetMapper.__call__
+
+    def recording(self, d):
+        out = original(self, d)
+        seen.append(out["image"].shape)
+        return out
+
     try:
-        DatasetMapper.__call__ = lambda self, d: seen.append(original(self, d)["image"].shape) or original(self, d)
+        DatasetMapper.__call__ = recording
         train_net.main(train_net.argument_parser().parse_args(["--config-file", config, *opts]))
     finally:
         DatasetMapper.__call__ = original
