@@ -128,6 +128,31 @@ def random_batch():
 
 
 @pytest.fixture
+def labelled_batch(random_batch, oracle):
+    """
+    `labelled(seed, max_boxes, mutual, integer=False, duplicates=False)`: a random batch labelled by the
+    vectorised matcher and by the per-object oracle. Returns (inputs, gt_boxes, labels, expected): inputs are
+    random_batch's (anchors, boxes, classes, pred, logits), gt_boxes the padded [N, G, 4] boxes.
+    """
+    from detectron2.structures import Boxes, Instances
+
+    from mutual_guide.assignment import build_anchor_matcher, pad_ground_truth
+
+    def labelled(seed, max_boxes, mutual, integer=False, duplicates=False):
+        anchors, boxes, classes, pred, logits = inputs = random_batch(seed, max_boxes, integer, duplicates)
+        instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
+        gt_boxes, gt_classes, valid = pad_ground_truth(instances)
+        num_classes = logits.shape[-1]
+        matcher = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)
+        labels = matcher(anchors, gt_boxes, gt_classes, valid, pred, logits)
+        expected = oracle.oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits,
+                                               mutual_guidance=mutual)
+        return inputs, gt_boxes, labels, expected
+
+    return labelled
+
+
+@pytest.fixture
 def random_boxes():
     """`_random_boxes(n, k, size, generator, integer=False)`: [n, k, 4] XYXY boxes inside a size x size frame."""
     return _random_boxes

@@ -228,16 +228,10 @@ ORACLE_CASES = [(0, 0, False, False), (1, 1, False, False), (2, 3, False, False)
 
 
 @pytest.mark.parametrize("mutual", [True, False])
-def test_vectorised_equals_oracle(mutual, random_batch, oracle):
+def test_vectorised_equals_oracle(mutual, labelled_batch):
     for seed, max_boxes, integer, duplicates in ORACLE_CASES:
-        anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes, integer, duplicates)
-        instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
-        gt_boxes, gt_classes, valid = pad_ground_truth(instances)
+        (*_, logits), _, labels, expected = labelled_batch(seed, max_boxes, mutual, integer, duplicates)
         num_classes = logits.shape[-1]
-        labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred,
-                                                                       logits)
-        expected = oracle.oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits,
-                                               mutual_guidance=mutual)
         try:
             assert_same_labels(labels, expected)
         except AssertionError as e:

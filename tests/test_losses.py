@@ -5,9 +5,8 @@ import torch
 from fvcore.nn import sigmoid_focal_loss
 
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes, Instances
 
-from mutual_guide.assignment import AnchorLabels, build_anchor_matcher, pad_ground_truth
+from mutual_guide.assignment import AnchorLabels, build_anchor_matcher
 from mutual_guide.losses import balanced_l1_loss, mutual_guide_losses, sigmoid_focal_loss_sum
 
 B2B = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
@@ -158,17 +157,10 @@ def test_gradients_reach_trained_scores_only(ignore):
 # ----------------------------------------------------------------------------- against the oracle
 @pytest.mark.parametrize("ignore", ["anchor", "class"])
 @pytest.mark.parametrize("mutual", [True, False])
-def test_losses_equal_oracle(mutual, ignore, random_batch, oracle):
+def test_losses_equal_oracle(mutual, ignore, labelled_batch, oracle):
     for seed, max_boxes in [(10, 0), (11, 1), (12, 5), (13, 9)]:  # no box, one, several, many
-        anchors, boxes, classes, pred, logits = random_batch(seed, max_boxes)
+        (anchors, boxes, _, _, logits), gt_boxes, labels, expected_labels = labelled_batch(seed, max_boxes, mutual)
         deltas = torch.randn(logits.shape[0], len(anchors), 4, generator=torch.Generator().manual_seed(seed))
-        instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
-        gt_boxes, gt_classes, valid = pad_ground_truth(instances)
-        num_classes = logits.shape[-1]
-        labels = build_anchor_matcher(mutual, (0.4, 0.5), num_classes)(anchors, gt_boxes, gt_classes, valid, pred,
-                                                                       logits)
-        expected_labels = oracle.oracle_label_anchors(anchors, boxes, classes, num_classes, pred, logits,
-                                                      mutual_guidance=mutual)
         kwargs = dict(focal_alpha=0.3, focal_gamma=1.5, bl1_alpha=0.5, bl1_gamma=1.5, bl1_beta=0.11, ignore=ignore)
         out = mutual_guide_losses(logits, deltas, anchors, gt_boxes, labels, B2B, **kwargs)
         expected = oracle.oracle_losses(logits, deltas, anchors, boxes, expected_labels, **kwargs)
