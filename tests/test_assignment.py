@@ -106,13 +106,16 @@ def test_top_n_ties_go_to_lower_anchor_index():
     assert labels.cls_labels.tolist() == [[0, 0, C]]
 
 
-def test_top_n_masks_break_ties_by_lower_index():
-    from mutual_guide.assignment import _top_n_masks
+def test_top_n_marks_break_ties_by_lower_index():
+    from mutual_guide.assignment import _mark_top_n_
 
-    scores = torch.tensor([[[0.5, 0.7, 0.5, 0.5, 0.7, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0, 0.0]]])
-    two, three = _top_n_masks(scores, [torch.tensor([[2, 3]]), torch.tensor([[3, 0]])], k=3)
-    assert two.int().tolist() == [[[0, 1, 0, 0, 1, 0], [1, 1, 0, 1, 0, 0]]]  # zeros tie too: 0 and 1 after 3
-    assert three.int().tolist() == [[[1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]]]
+    scores = torch.tensor([[0.5, 0.7, 0.5, 0.5, 0.7, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0, 0.0]])
+    marked = _mark_top_n_(scores.clone(), [(torch.tensor([3, 3]), 2.0), (torch.tensor([2, 0]), 3.0)], k=3)
+    # row 0: 0.7, 0.7 (anchors 1, 4) then the first 0.5 (anchor 0); row 1: 0.2, then zeros 0 and 1
+    assert marked.tolist() == [[2.0, 3.0, 0.5, 0.5, 3.0, 0.0], [2.0, 2.0, 0.0, 2.0, 0.0, 0.0]]
+    # n = 0 marks nothing; k = 0 leaves the scores as they are
+    assert torch.equal(_mark_top_n_(scores.clone(), [(torch.tensor([0, 0]), 2.0)], k=3), scores)
+    assert torch.equal(_mark_top_n_(scores.clone(), [(torch.tensor([0, 0]), 2.0)], k=0), scores)
 
 
 def test_column_max_suppression():
@@ -182,6 +185,30 @@ def test_mutual_guidance_needs_predictions_of_its_classes():
         matcher(*gt, pred_boxes=torch.tensor([[BOX]]), pred_logits=torch.zeros(1, 1, 5))
     # the baseline reads no prediction
     assert BestAnchorIoUMatcher((0.4, 0.5), C)(*gt).cls_labels.tolist() == [[1]]
+
+
+def test_counts_from_the_host_label_as_counts_read_from_valid(random_batch):
+    # the trainer hands over each image's number of boxes (known on the host) so that nothing is read back
+    anchors, boxes, classes, pred, logits = random_batch(3, 8)
+    instances = [Instances((64, 64), gt_boxes=Boxes(b), gt_classes=c) for b, c in zip(boxes, classes)]
+    gt_boxes, gt_classes, valid = pad_ground_truth(instances)
+    counts = [len(b) for b in boxes]
+    assert len(set(counts)) > 2  # padding of different lengths, and an image without boxes
+    matcher = MutualGuidanceMatcher((0.4, 0.5), logits.shape[-1])
+    read = matcher(anchors, gt_boxes, gt_classes, valid, pred, logits)
+    given = matcher(anchors, gt_boxes, gt_classes, valid, pred, logits, counts=counts)
+    for field in AnchorLabels._fields:
+        assert torch.equal(getattr(read, field), getattr(given, field)), field
+
+
+def test_counts_that_do_not_fit_the_ground_truth_are_refused():
+    gt = (torch.tensor([strip(10)]), torch.tensor([[BOX, BOX]]), torch.tensor([[1, 2]]))
+    predictions = {"pred_boxes": torch.tensor([[BOX]]), "pred_logits": torch.zeros(1, 1, C)}
+    matcher = MutualGuidanceMatcher((0.4, 0.5), C)
+    with pytest.raises(ValueError, match=r"counts \[3\] do not fit ground truth of 1 images padded to 2 boxes"):
+        matcher(*gt, torch.ones(1, 2, dtype=torch.bool), counts=[3], **predictions)
+    with pytest.raises(ValueError, match="valid must mark each image's first boxes"):
+        matcher(*gt, torch.tensor([[False, True]]), **predictions)
 
 
 @pytest.mark.parametrize("thresholds", [(0.5, 0.4), (0.4,), (-0.1, 0.5), (0.4, 1.5)])

@@ -14,6 +14,7 @@ Calling either with the anchors, the padded ground truth (`pad_ground_truth`) an
 predicted boxes and class logits returns `AnchorLabels`, what the losses consume. Both are batched over images
 and boxes; `match` is the same rule on the quality matrices alone, as detectron2's `Matcher`.
 """
+import itertools
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -79,12 +80,13 @@ def pad_ground_truth(gt_instances: List[Instances]) -> Tuple[Tensor, Tensor, Ten
     return gt_boxes, gt_classes, valid
 
 
-def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """
-    IoU of [N, G, 4] against [N, A, 4] (or [A, 4], shared) XYXY boxes: [N, G, A].
+    IoU of [N, G, 4] against [N, A, 4] (or [A, 4], shared) XYXY boxes: [N, G, A], written into `out` if given
+    (a contiguous float32 tensor of that shape, e.g. a block of rows of a larger matrix).
 
     The same operations, in the same order, as detectron2's `pairwise_iou`, so results are bit-identical to it
-    image by image; it has no batched form.
+    image by image; it has no batched form. No overlap gives +0.0 (never -0.0 or NaN).
     """
     if boxes2.dim() == 2:
         boxes2 = boxes2.unsqueeze(0)
@@ -92,7 +94,11 @@ def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
     b1, b2 = boxes1.unsqueeze(2), boxes2.unsqueeze(1)  # [N, G, 1, 4], [N, 1, A, 4]
     # in place where possible: these are the largest tensors of a training step's assignment
-    width = torch.min(b1[..., 2], b2[..., 2]).sub_(torch.max(b1[..., 0], b2[..., 0])).clamp_(min=0)
+    if out is None:
+        width = torch.min(b1[..., 2], b2[..., 2])
+    else:
+        width = torch.minimum(b1[..., 2], b2[..., 2], out=out)
+    width.sub_(torch.max(b1[..., 0], b2[..., 0])).clamp_(min=0)
     height = torch.min(b1[..., 3], b2[..., 3]).sub_(torch.max(b1[..., 1], b2[..., 1])).clamp_(min=0)
     inter = width.mul_(height)
     overlapping = inter > 0
@@ -100,29 +106,30 @@ def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter.div_(union).masked_fill_(~overlapping, 0.0)
 
 
-def _top_n_masks(scores: Tensor, counts: List[Tensor], k: int) -> List[Tensor]:
+def _mark_top_n_(scores: Tensor, marks: Sequence[Tuple[Tensor, float]], k: int) -> Tensor:
     """
-    For each n of `counts` ([...] each, all at most k): the [..., A] bool mask of the n[...] highest scores of
-    each row, among equal scores the lower anchor index first (torch.topk alone leaves ties unspecified).
+    In place on [T, A] `scores`: for each (n, mark) of `marks`, in order, the n[t] highest scores of row t
+    (n: [T] long, at most k) set to `mark`, among equal scores the lower anchor index first (torch.topk alone
+    leaves ties unspecified). Later marks overwrite earlier ones, so give the larger sets first.
 
-    `scores` must be float32 and >= 0 (IoUs and IoU powers). Their bit patterns, read as integers, are then in
+    `scores` must be float32 and >= +0.0 (IoUs and IoU powers). Their bit patterns, read as integers, are then in
     the same order as the values; shifted left and completed with the reversed anchor index they become keys
-    that are all distinct and order the anchors exactly as wanted. One top-k of the keys serves every n, and the
-    n-th key of a row bounds its mask: no tie handling, nothing read back to the host.
+    that are all distinct and order the anchors exactly as wanted. One top-k of the keys ranks the k best
+    anchors of every row; the marks are written at those k columns only. No tie handling, nothing read back to
+    the host.
     """
-    if k == 0:
-        return [torch.zeros_like(scores, dtype=torch.bool) for _ in counts]
+    if k == 0 or scores.shape[0] == 0:
+        return scores
     num_anchors = scores.shape[-1]
     shift = max(1, (num_anchors - 1).bit_length())
     reversed_index = torch.arange(num_anchors - 1, -1, -1, device=scores.device)
-    keys = scores.contiguous().view(torch.int32).to(torch.int64)
-    keys.bitwise_left_shift_(shift).bitwise_or_(reversed_index)
-    top = keys.topk(k, dim=-1).values
-    masks = []
-    for n in counts:
-        kth = top.gather(-1, (n - 1).clamp(min=0).unsqueeze(-1))
-        masks.append((keys >= kth) & (n > 0).unsqueeze(-1))
-    return masks
+    keys = scores.view(torch.int32).to(torch.int64).bitwise_left_shift_(shift).bitwise_or_(reversed_index)
+    top = keys.topk(k, dim=-1).indices  # [T, k], best first
+    rank = torch.arange(k, device=scores.device)
+    values = scores.gather(1, top)
+    for n, mark in marks:
+        values = torch.where(rank < n.unsqueeze(-1), torch.full_like(values, mark), values)
+    return scores.scatter_(1, top, values)
 
 
 def _best_anchor_per_box(quality: Tensor) -> Tensor:
@@ -163,6 +170,7 @@ class AnchorMatcher:
         valid: Tensor,
         pred_boxes: Optional[Tensor] = None,
         pred_logits: Optional[Tensor] = None,
+        counts: Optional[Sequence[int]] = None,
     ) -> AnchorLabels:
         """
         Label anchors for both tasks, batched over images and boxes.
@@ -172,19 +180,21 @@ class AnchorMatcher:
             gt_boxes, gt_classes, valid: [N, G, 4], [N, G], [N, G] from `pad_ground_truth`, in the anchors' frame.
             pred_boxes: [N, A, 4] decoded predicted boxes in the anchors' frame (mutual guidance only).
             pred_logits: [N, A, C] class logits (mutual guidance only).
+            counts: the number of boxes of each image, known on the host (`inputs.GroundTruth.counts`); `valid`
+                must then mark each image's first counts[i] boxes. Read from `valid` when not given (one host
+                read of mutual guidance; the baseline does not need it).
         Both predictions are read without gradient. Computed in float32 whatever dtype the predictions come in
         (autocast is turned off here), so that the labels do not depend on the precision the network ran in.
         Reads one value back to the host (the largest top-k of mutual guidance; detectron2's Matcher reads a few
         more for the baseline), whatever the batch.
         """
         with torch.no_grad(), torch.autocast(anchors.device.type, enabled=False):
-            anchor_iou = batched_pairwise_iou(gt_boxes.float(), anchors.float())
             cls_matches, cls_match_labels, reg_idx, reg_match_labels = self._match_boxes(
-                anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits
+                anchors.float(), gt_boxes.float(), gt_classes, valid, pred_boxes, pred_logits, counts
             )
             return self._anchor_labels(gt_classes, cls_matches, cls_match_labels, reg_idx, reg_match_labels)
 
-    def _match_boxes(self, anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits):
+    def _match_boxes(self, anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, counts):
         raise NotImplementedError
 
     def _anchor_labels(self, gt_classes, cls_matches, cls_match_labels, reg_idx, reg_match_labels) -> AnchorLabels:
@@ -222,8 +232,8 @@ class BestAnchorIoUMatcher(AnchorMatcher):
         super().__init__(thresholds, num_classes)
         self.matcher = Matcher([self.low, self.high], [0, -1, 1], allow_low_quality_matches=False)
 
-    def _match_boxes(self, anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits):
-        matches, match_labels = self.match(anchor_iou, valid)
+    def _match_boxes(self, anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, counts):
+        matches, match_labels = self.match(batched_pairwise_iou(gt_boxes, anchors), valid)
         return matches, match_labels, matches, match_labels
 
     def match(self, anchor_iou: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
@@ -271,75 +281,123 @@ class MutualGuidanceMatcher(AnchorMatcher):
 
     Each anchor then takes the box with the strongest mark (positive > ignored > kept value), the lower box index
     on ties. Within a row, equal values are ranked by lower anchor index.
+
+    The matrices hold the batch's real boxes only, image after image ([T, A], T = sum of the counts): the padding
+    of `pad_ground_truth` is never computed on. With many boxes in some images and few in others (COCO, VOC,
+    crowded scenes), padding to the largest count would multiply the work by the ratio of the two.
     """
 
     uses_predictions = True
 
-    def _match_boxes(self, anchor_iou, gt_boxes, gt_classes, valid, pred_boxes, pred_logits):
+    def _match_boxes(self, anchors, gt_boxes, gt_classes, valid, pred_boxes, pred_logits, counts):
         if pred_boxes is None or pred_logits is None:
             raise ValueError("mutual guidance needs pred_boxes and pred_logits")
         if pred_logits.shape[-1] != self.num_classes:
             raise ValueError(
                 f"pred_logits have {pred_logits.shape[-1]} classes, the matcher was built for {self.num_classes}"
             )
-        pred_iou = batched_pairwise_iou(gt_boxes.float(), pred_boxes.detach().float())
-        # probability of each box's class at each anchor, [N, G, A]: gather the G needed columns of the
-        # [N, A, C] logits before anything else touches them (transposing all C columns costs a copy of them all)
-        n, a = pred_logits.shape[:2]
-        index = gt_classes.unsqueeze(1).expand(n, a, gt_classes.shape[1])
-        prob = pred_logits.detach().gather(2, index).float().transpose(1, 2).sigmoid()
-        cls_quality = anchor_iou ** ((2.0 - prob) / 2.0)
-        return self.match(anchor_iou, pred_iou, cls_quality, valid)
+        counts = _box_counts(valid, counts)
+        segments = _segments(counts)
+        # [T, 4] and [T]: slices, nothing read back
+        boxes = torch.cat([gt_boxes[i, :c] for i, c in enumerate(counts)] + [gt_boxes.new_zeros(0, 4)])
+        classes = torch.cat([gt_classes[i, :c] for i, c in enumerate(counts)] + [gt_classes.new_zeros(0)])
+        anchor_iou = batched_pairwise_iou(boxes.unsqueeze(0), anchors)[0]  # [T, A]
+        pred_iou = torch.empty_like(anchor_iou)
+        prob = torch.empty_like(anchor_iou)
+        for i, (start, end) in enumerate(segments):
+            if end > start:
+                batched_pairwise_iou(boxes[None, start:end], pred_boxes[i].detach().float(), out=pred_iou[None, start:end])
+                # logit of each box's class at each anchor: the needed columns of the [A, C] logits only, read
+                # as rows of the transposed view straight into place
+                logits = pred_logits[i].detach().t()
+                if logits.dtype == prob.dtype:
+                    torch.index_select(logits, 0, classes[start:end], out=prob[start:end])
+                else:
+                    prob[start:end] = logits.index_select(0, classes[start:end])
+        # anchor_iou ** ((2 - p) / 2), in place: -p + 2 is 2 - p exactly, and halving is exact
+        cls_quality = torch.pow(anchor_iou, prob.sigmoid_().neg_().add_(2.0).div_(2.0), out=prob)
+        return self.match(anchor_iou, pred_iou, cls_quality, counts)
 
     @staticmethod
-    def _keep_column_maxima_(quality: Tensor, valid: Tensor) -> Tensor:
+    def _keep_column_maxima_(quality: Tensor, segments: List[Tuple[int, int]]) -> Tensor:
         """
-        In place on a [N, G, A] matrix whose padding rows are 0: each real box's best anchor set to 1, entries
-        below their column's maximum set to 0. Padding stays 0, so it is never counted nor marked.
+        In place on a [T, A] matrix of the rows of each image in turn (`segments`): each box's best anchor set
+        to 1, then in each image the entries below their anchor column's maximum set to 0.
         """
-        best = _best_anchor_per_box(quality).unsqueeze(-1)
-        quality.scatter_(2, best, valid.to(quality.dtype).unsqueeze(-1))
-        column_max = quality.max(dim=1, keepdim=True).values
-        return quality.masked_fill_(quality != column_max, 0.0)
+        if quality.shape[0] == 0:
+            return quality
+        quality.scatter_(1, _best_anchor_per_box(quality).unsqueeze(-1), 1.0)
+        for start, end in segments:
+            if end > start:
+                block = quality[start:end]
+                block.masked_fill_(block != block.amax(dim=0, keepdim=True), 0.0)
+        return quality
 
     def match(
-        self, anchor_iou: Tensor, pred_iou: Tensor, cls_quality: Tensor, valid: Tensor
+        self, anchor_iou: Tensor, pred_iou: Tensor, cls_quality: Tensor, counts: Sequence[int]
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """
         Args:
-            anchor_iou, pred_iou, cls_quality: [N, G, A] qualities in [0, 1].
-            valid: [N, G] real boxes.
+            anchor_iou, pred_iou, cls_quality: [T, A] qualities in [0, 1] (+0.0 for none), the first counts[0]
+                rows image 0's boxes, the next counts[1] image 1's, and so on. Overwritten.
+            counts: boxes per image.
         Returns:
-            cls_matches [N, A] long, cls_match_labels [N, A] int8 in {0, -1, 1} (negative, ignored, positive),
-            reg_matches [N, A] long, reg_match_labels [N, A] int8 in {0, 1}.
+            cls_matches [N, A] long (index of the box within its image), cls_match_labels [N, A] int8 in
+            {0, -1, 1} (negative, ignored, positive), reg_matches [N, A] long, reg_match_labels [N, A] int8 in
+            {0, 1}.
         """
-        n, g, a = anchor_iou.shape
-        if g == 0:
-            zeros = anchor_iou.new_zeros((n, a), dtype=torch.long)
-            labels = anchor_iou.new_zeros((n, a), dtype=torch.int8)
-            return zeros, labels, zeros.clone(), labels.clone()
-        padding = ~valid.unsqueeze(-1)
-        anchor_iou, pred_iou, cls_quality = (
-            self._keep_column_maxima_(m.masked_fill(padding, 0.0), valid) for m in (anchor_iou, pred_iou, cls_quality)
-        )
+        segments = _segments(counts)
+        for quality in (anchor_iou, pred_iou, cls_quality):
+            self._keep_column_maxima_(quality, segments)
 
-        num_ignored = torch.count_nonzero(anchor_iou >= self.low, dim=-1)  # [N, G]
-        num_positive = torch.count_nonzero(anchor_iou >= self.high, dim=-1)  # <= num_ignored
-        k = int(num_ignored.max())  # the one host read of the assignment: top-k needs its k
+        num_ignored = (anchor_iou >= self.low).sum(-1, dtype=torch.int32)  # [T]
+        num_positive = (anchor_iou >= self.high).sum(-1, dtype=torch.int32)  # <= num_ignored
+        k = int(num_ignored.max()) if len(num_ignored) else 0  # the one host read of the assignment
 
-        # localize to classify
-        ignored, positive = _top_n_masks(pred_iou, [num_ignored, num_positive], k)
-        cls_marks = pred_iou.masked_fill_(ignored, _IGNORED_MARK).masked_fill_(positive, _POSITIVE_MARK)
+        # localize to classify: the ignored set first, its best n_pos then marked positive over it
+        cls_marks = _mark_top_n_(pred_iou, [(num_ignored, _IGNORED_MARK), (num_positive, _POSITIVE_MARK)], k)
         # classify to localize
-        (reg_positive,) = _top_n_masks(cls_quality, [num_positive], k)
-        reg_marks = cls_quality.masked_fill_(reg_positive, _POSITIVE_MARK)
+        reg_marks = _mark_top_n_(cls_quality, [(num_positive, _POSITIVE_MARK)], k)
 
-        # torch.max over boxes returns the first (lowest box index) of equal maxima.
-        cls_best, cls_matches = cls_marks.max(dim=1)
-        reg_best, reg_matches = reg_marks.max(dim=1)
+        cls_best, cls_matches = _best_box_per_anchor(cls_marks, segments)
+        reg_best, reg_matches = _best_box_per_anchor(reg_marks, segments)
         cls_labels = (cls_best == _POSITIVE_MARK).to(torch.int8) - (cls_best == _IGNORED_MARK).to(torch.int8)
         reg_labels = (reg_best == _POSITIVE_MARK).to(torch.int8)
         return cls_matches, cls_labels, reg_matches, reg_labels
+
+
+def _box_counts(valid: Tensor, counts: Optional[Sequence[int]]) -> List[int]:
+    """Boxes per image, checked against `valid` ([N, G]) when given; read from it (one host read) when not."""
+    n, g = valid.shape
+    if counts is None:
+        rows = valid.tolist()
+        counts = [sum(row) for row in rows]
+        if any(not all(row[:c]) for row, c in zip(rows, counts)):
+            raise ValueError("valid must mark each image's first boxes (pad_ground_truth's layout)")
+        return counts
+    counts = [int(c) for c in counts]
+    if len(counts) != n or any(not 0 <= c <= g for c in counts):
+        raise ValueError(f"counts {counts} do not fit ground truth of {n} images padded to {g} boxes")
+    return counts
+
+
+def _segments(counts: Sequence[int]) -> List[Tuple[int, int]]:
+    """(start, end) rows of each image in the stacked [T, A] matrices."""
+    ends = list(itertools.accumulate(counts))
+    return list(zip([0] + ends[:-1], ends))
+
+
+def _best_box_per_anchor(marks: Tensor, segments: List[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:
+    """
+    For each image and anchor, the highest mark of the image's boxes and the box's index within the image ([N, A]
+    each); torch.max returns the first (lowest box index) of equal maxima. An image without boxes gets 0 and 0.
+    """
+    best = marks.new_zeros((len(segments), marks.shape[-1]))
+    index = torch.zeros(best.shape, dtype=torch.long, device=marks.device)
+    for i, (start, end) in enumerate(segments):
+        if end > start:
+            torch.max(marks[start:end], dim=0, out=(best[i], index[i]))
+    return best, index
 
 
 def build_anchor_matcher(mutual_guidance: bool, thresholds: Sequence[float], num_classes: int) -> AnchorMatcher:

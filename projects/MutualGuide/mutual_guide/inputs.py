@@ -9,7 +9,7 @@ Ground truth is clipped to its image and emptied boxes dropped in one place, the
 (`data.mapper.annotations_to_boxes`, which counts and logs them), as detectron2's DatasetMapper does before its
 models see the boxes; here a box without width or height is an error, not a second silent drop.
 """
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,12 +23,14 @@ __all__ = ["GroundTruth", "batch_ground_truth", "batch_images", "to_device"]
 class GroundTruth(NamedTuple):
     """
     Padded ground truth of a batch in the S x S frame: boxes [N, G, 4] XYXY, classes [N, G] long, valid [N, G]
-    bool (False on padding).
+    bool (False on padding), and the number of boxes of each image as host integers (each image's boxes come
+    first), so that the assignment can skip the padding without reading `valid` back from the device.
     """
 
     boxes: Tensor
     classes: Tensor
     valid: Tensor
+    counts: Optional[Tuple[int, ...]] = None
 
 
 def to_device(tensor: Tensor, device: torch.device) -> Tensor:
@@ -85,5 +87,6 @@ def batch_ground_truth(batched_inputs: List[Dict], size: int, device: torch.devi
                 + ": the dataset mapper must clip boxes to the image and drop empty ones, as "
                 "MutualGuideDatasetMapper and detectron2's DatasetMapper do"
             )
+    counts = tuple(len(row) for row in rows)
     packed = to_device(packed, device)
-    return GroundTruth(packed[..., :4], packed[..., 4].long(), packed[..., 5] > 0)
+    return GroundTruth(packed[..., :4], packed[..., 4].long(), packed[..., 5] > 0, counts)

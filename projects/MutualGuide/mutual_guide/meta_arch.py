@@ -250,7 +250,7 @@ class MutualGuideDetector(DenseDetector):
     def _ground_truth(self, gt: Union[GroundTruth, List[Instances]]) -> GroundTruth:
         if isinstance(gt, GroundTruth):
             return gt
-        return GroundTruth(*pad_ground_truth(gt))
+        return GroundTruth(*pad_ground_truth(gt), counts=tuple(len(x) for x in gt))
 
     def label_anchors(self, logits: Tensor, deltas: Tensor, gt: Union[GroundTruth, List[Instances]]):
         """
@@ -269,7 +269,8 @@ class MutualGuideDetector(DenseDetector):
             predictions = {"pred_boxes": pred_boxes, "pred_logits": logits.detach()}
         # IoUs in the frame of the image side, as the authors' code measures them (same ties, same anchors chosen)
         labels = self.anchor_matcher(
-            self.normalized_anchors, gt.boxes / self.input_size, gt.classes, gt.valid, **predictions
+            self.normalized_anchors, gt.boxes / self.input_size, gt.classes, gt.valid, counts=gt.counts,
+            **predictions,
         )
         return gt.boxes, labels
 

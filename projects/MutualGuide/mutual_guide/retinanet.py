@@ -140,7 +140,8 @@ class MutualGuideRetinaNet(RetinaNet):
             n, r = deltas.shape[:2]
             pred_boxes = self.box2box_transform.apply_deltas(deltas.reshape(n * r, 4), anchors.repeat(n, 1))
             predictions = {"pred_boxes": pred_boxes.view(n, r, 4), "pred_logits": cat(pred_logits, dim=1)}
-        labels = self.anchor_matcher(anchors, gt_boxes, gt_classes, valid, **predictions)
+        counts = [len(x) for x in gt_instances]
+        labels = self.anchor_matcher(anchors, gt_boxes, gt_classes, valid, counts=counts, **predictions)
         if gt_boxes.shape[1] == 0:
             matched_gt_boxes = anchors.new_zeros(len(gt_instances), len(anchors), 4)
         else:
