@@ -258,3 +258,17 @@ def test_no_augment_is_resize_only():
     cfg.INPUT.MG_AUGMENT = False
     (aug,) = build_augmentation(cfg, is_train=True)
     assert aug.interps == (cv2.INTER_LINEAR,)
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 3), (7, 9), (7, 9, 1), (7, 9, 4), (7, 9, 5)])
+@pytest.mark.parametrize("fill", [MEAN, 123.9, 0])
+def test_expand_canvas_is_the_fill_around_the_image(shape, fill):
+    # OpenCV's border for 2-4 channels, the numpy canvas otherwise: the same pixels, the fill truncated to uint8
+    image = np.random.RandomState(1).randint(0, 256, size=shape).astype(np.uint8)
+    fill = fill if np.ndim(fill) == 0 or len(shape) == 3 and shape[2] == 3 else fill[0]
+    out = ExpandTransform(3, 5, 7, 2, orig_w=9, orig_h=7, pad_value=fill).apply_image(image)
+    expected = np.empty((14, 19) + shape[2:], dtype=np.uint8)
+    expected[...] = np.asarray(fill, dtype=np.uint8)
+    expected[5:12, 3:12] = image
+    assert out.shape == expected.shape and out.dtype == np.uint8
+    assert np.array_equal(out, expected)

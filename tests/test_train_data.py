@@ -77,3 +77,31 @@ def test_train_loader_pins_memory_only_for_cuda(tmp_path, monkeypatch, device, c
     # no aspect-ratio grouping (the seed has none): detectron2 then returns torch's DataLoader itself
     assert isinstance(loader, torch.utils.data.DataLoader)
     assert loader.pin_memory is expected
+
+
+def test_annotations_to_boxes_converts_all_boxes_as_one_by_one():
+    from detectron2.structures import BoxMode
+
+    from mutual_guide.data.mapper import annotations_to_boxes
+
+    rng = np.random.RandomState(0)
+    for mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS):
+        annotations = [
+            {"bbox": [float(v) for v in rng.uniform(0, 50, 4)] if i % 2 else [int(v) for v in rng.randint(0, 50, 4)],
+             "bbox_mode": mode, "category_id": i % 3}
+            for i in range(40)
+        ]
+        if mode == BoxMode.XYXY_ABS:
+            for a in annotations:
+                a["bbox"][2:] = [a["bbox"][0] + 1.5, a["bbox"][1] + 0.1]
+        boxes, classes, dropped = annotations_to_boxes(annotations, (60, 70))
+        one_by_one = np.array([BoxMode.convert(a["bbox"], mode, BoxMode.XYXY_ABS) for a in annotations], np.float32)
+        one_by_one = np.clip(one_by_one, 0, [70, 60, 70, 60])
+        keep = (one_by_one[:, 2] > one_by_one[:, 0]) & (one_by_one[:, 3] > one_by_one[:, 1])
+        assert np.array_equal(boxes, one_by_one[keep]), mode
+        assert classes.tolist() == [a["category_id"] for a, k in zip(annotations, keep) if k]
+        assert dropped == int((~keep).sum())
+    # mixed modes go one by one
+    mixed = [{"bbox": [1, 2, 3, 4], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+             {"bbox": [1, 2, 3, 4], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1}]
+    assert annotations_to_boxes(mixed, (60, 70))[0].tolist() == [[1, 2, 4, 6], [1, 2, 3, 4]]

@@ -45,6 +45,12 @@ class ExpandTransform(PadTransform):
     """PadTransform whose fill is one value per channel (np.pad only takes one value for all channels)."""
 
     def apply_image(self, img):
+        fill = np.broadcast_to(np.asarray(self.pad_value, dtype=img.dtype), img.shape[2:] or (1,))
+        if img.dtype == np.uint8 and (img.ndim == 2 or 2 <= img.shape[2] <= 4):  # (cv2 drops a channel axis of 1)
+            # OpenCV's constant border: one pass, the same pixels as filling a canvas and copying the image in
+            return cv2.copyMakeBorder(
+                img, self.y0, self.y1, self.x0, self.x1, cv2.BORDER_CONSTANT, value=[int(v) for v in fill]
+            )
         h, w = img.shape[:2]
         canvas = np.empty((self.y0 + h + self.y1, self.x0 + w + self.x1) + img.shape[2:], dtype=img.dtype)
         canvas[...] = np.asarray(self.pad_value, dtype=img.dtype)

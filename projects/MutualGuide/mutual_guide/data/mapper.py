@@ -1,5 +1,4 @@
 """Dataset dict -> model input: read, augment (train) or resize (test) to S x S, and build the Instances."""
-import copy
 import logging
 
 import numpy as np
@@ -35,9 +34,15 @@ def annotations_to_boxes(annotations, image_size, crowd_boxes=False):
     Returns (boxes, classes, number dropped).
     """
     annotations = [a for a in annotations if crowd_boxes or a.get("iscrowd", 0) == 0]
-    boxes = np.array(
-        [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float32
-    ).reshape(-1, 4)
+    modes = {a["bbox_mode"] for a in annotations}
+    if len(modes) == 1 and modes <= {BoxMode.XYXY_ABS, BoxMode.XYWH_ABS}:
+        # one conversion for all: float32 as BoxMode.convert computes a single box given as a list
+        boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
+        boxes = BoxMode.convert(boxes, modes.pop(), BoxMode.XYXY_ABS)
+    else:
+        boxes = np.array(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations], dtype=np.float32
+        ).reshape(-1, 4)
     classes = np.array([a["category_id"] for a in annotations], dtype=np.int64)
     h, w = image_size
     boxes = np.clip(boxes, 0, [w, h, w, h])
@@ -99,7 +104,8 @@ class MutualGuideDatasetMapper:
         }
 
     def __call__(self, dataset_dict):
-        dataset_dict = copy.deepcopy(dataset_dict)
+        # a shallow copy: nothing below changes the input's values, only the copy's keys
+        dataset_dict = dict(dataset_dict)
         image = read_image_checked(dataset_dict["file_name"], self.image_format)
         utils.check_image_size(dataset_dict, image)
         annotations = dataset_dict.pop("annotations", None)
