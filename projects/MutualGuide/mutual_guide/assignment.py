@@ -306,7 +306,8 @@ class MutualGuidanceMatcher(AnchorMatcher):
         prob = torch.empty_like(anchor_iou)
         for i, (start, end) in enumerate(segments):
             if end > start:
-                batched_pairwise_iou(boxes[None, start:end], pred_boxes[i].detach().float(), out=pred_iou[None, start:end])
+                image_boxes = boxes[None, start:end]
+                batched_pairwise_iou(image_boxes, pred_boxes[i].detach().float(), out=pred_iou[None, start:end])
                 # logit of each box's class at each anchor: the needed columns of the [A, C] logits only, read
                 # as rows of the transposed view straight into place
                 logits = pred_logits[i].detach().t()
