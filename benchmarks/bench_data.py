@@ -7,7 +7,8 @@ Data-path speed, ours against the seed's (zhanghengdev/MutualGuide at fd2c4cc), 
 2. end-to-end training iterations per second: `train_net.py` against the seed's loop (seed_loop.py) on the same
    data, with 0, 1 and 2 data workers (ShuffleNetV2-FPN, mutual guidance, from scratch; the first iterations
    are left out of the timing). The two sides take turns, `--repeats` runs each, and each side keeps its best
-   run: on a shared machine, the run least disturbed by other processes (single runs were seen to vary by 15%).
+   run: on a shared machine, the run least disturbed by other processes (single runs were seen to vary by 15%);
+   the ratio of the two sides' medians is printed too.
 
     .venv/bin/python benchmarks/bench_data.py --seed-repo /tmp/seed --data datasets/trees [--size 320 --batch 8]
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,9 +137,11 @@ def main():
             seed_runs.append(seed_seconds_per_iteration(args, workers, dicts))
             ours_runs.append(ours_seconds_per_iteration(args, workers, tempfile.mkdtemp(prefix="bench_data_out_")))
         seed, ours = min(seed_runs), min(ours_runs)
+        median = statistics.median(seed_runs) / statistics.median(ours_runs)
         runs = f"runs: seed {', '.join(f'{t:.2f}' for t in seed_runs)}; ours {', '.join(f'{t:.2f}' for t in ours_runs)}"
         print(f"end to end, {workers} worker(s), batch {args.batch}: seed's loop {seed:.2f} s/it, train_net.py "
-              f"{ours:.2f} s/it ({seed / ours:.2f}x)   [best of {args.repeats}; {runs}]", flush=True)
+              f"{ours:.2f} s/it ({seed / ours:.2f}x; medians {median:.2f}x)   [best of {args.repeats}; {runs}]",
+              flush=True)
 
 
 if __name__ == "__main__":
