@@ -128,7 +128,7 @@ def _mark_top_n_(scores: Tensor, marks: Sequence[Tuple[Tensor, float]], k: int) 
     rank = torch.arange(k, device=scores.device)
     values = scores.gather(1, top)
     for n, mark in marks:
-        values = torch.where(rank < n.unsqueeze(-1), torch.full_like(values, mark), values)
+        values = values.masked_fill(rank < n.unsqueeze(-1), mark)
     return scores.scatter_(1, top, values)
 
 

@@ -53,7 +53,7 @@ class ExpandTransform(PadTransform):
             )
         h, w = img.shape[:2]
         canvas = np.empty((self.y0 + h + self.y1, self.x0 + w + self.x1) + img.shape[2:], dtype=img.dtype)
-        canvas[...] = np.asarray(self.pad_value, dtype=img.dtype)
+        canvas[...] = fill
         canvas[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = img
         return canvas
 
