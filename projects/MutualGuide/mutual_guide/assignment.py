@@ -109,7 +109,7 @@ def batched_pairwise_iou(boxes1: Tensor, boxes2: Tensor, out: Optional[Tensor] =
 def _mark_top_n_(scores: Tensor, marks: Sequence[Tuple[Tensor, float]], k: int) -> Tensor:
     """
     In place on [T, A] `scores`: for each (n, mark) of `marks`, in order, the n[t] highest scores of row t
-    (n: [T] long, at most k) set to `mark`, among equal scores the lower anchor index first (torch.topk alone
+    (n: [T] integers, at most k) set to `mark`, among equal scores the lower anchor index first (torch.topk alone
     leaves ties unspecified). Later marks overwrite earlier ones, so give the larger sets first.
 
     `scores` must be float32 and >= +0.0 (IoUs and IoU powers). Their bit patterns, read as integers, are then in
@@ -368,7 +368,8 @@ class MutualGuidanceMatcher(AnchorMatcher):
 
 
 def _box_counts(valid: Tensor, counts: Optional[Sequence[int]]) -> List[int]:
-    """Boxes per image, checked against `valid` ([N, G]) when given; read from it (one host read) when not."""
+    """Boxes per image: when given, checked to fit `valid`'s [N, G] shape (not its values: that would be a host
+    read); when not, read from `valid` (one host read), which must mark each image's first boxes."""
     n, g = valid.shape
     if counts is None:
         rows = valid.tolist()
