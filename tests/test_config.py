@@ -127,6 +127,8 @@ def test_every_config_file_is_named_and_consistent():
         assert cfg.INPUT.SIZE == (512 if big else 320), path
         assert cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES == (20 if dataset == "voc" else 80), path
         assert cfg.DATASETS.TEST == (("mg_voc_2007_test",) if dataset == "voc" else ("mg_coco_2017_val",)), path
+        # a consistent convention by default: the authors' shifted one is asked for by name only
+        assert cfg.DATASETS.BOX_CONVENTION == "detectron2", path
 
 
 def _generate(*args):

@@ -199,7 +199,7 @@ def test_new_run_in_a_used_output_dir_is_refused(tmp_path, train_args):
         (("MODEL.BACKBONE.NAME", "VGG19"), "MODEL.BACKBONE.NAME 'VGG19' is not a registered backbone; this project's: "
                                            "RepVGG, ResNet18, ShuffleNetV2, VGG16"),
         (("MODEL.NECK.NAME", "BiFPN"), "MODEL.NECK.NAME 'BiFPN' is not a registered neck; valid: FPN, PAFPN, RFB, SSD"),
-        (("DATASETS.BOX_CONVENTION", "pascal"), r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'seed'\), "
+        (("DATASETS.BOX_CONVENTION", "pascal"), r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'paper'\), "
                                                 "got 'pascal'"),
     ],
 )

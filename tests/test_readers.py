@@ -207,23 +207,23 @@ def test_voc_box_convention_in_training_and_evaluation(tmp_path, write_voc, voc_
     register_voc_checked(name, root, "test", 2012, ("cat",))
     records = DatasetCatalog.get(name)
     assert records[0]["annotations"][0]["bbox"] == [10.0, 20.0, 40.0, 50.0]  # detectron2: xmin/ymin - 1
-    seed = to_box_convention(records, "seed", "pascal_voc")
-    assert seed[0]["annotations"][0]["bbox"] == [11.0, 21.0, 40.0, 50.0]  # the seed: the XML's numbers
+    paper = to_box_convention(records, "paper", "pascal_voc")
+    assert paper[0]["annotations"][0]["bbox"] == [11.0, 21.0, 40.0, 50.0]  # the authors' code: the XML's numbers
     assert records[0]["annotations"][0]["bbox"] == [10.0, 20.0, 40.0, 50.0]  # input left alone
 
-    # What is written for a prediction (10, 20, 40, 50): detectron2 adds 1 to xmin/ymin, the seed to all four.
-    for convention, line in (("detectron2", "a 0.900 11.0 21.0 40.0 50.0"), ("seed", "a 0.900 11.0 21.0 41.0 51.0")):
+    # What is written for a prediction (10, 20, 40, 50): detectron2 adds 1 to xmin/ymin, the authors' code to all four.
+    for convention, line in (("detectron2", "a 0.900 11.0 21.0 40.0 50.0"), ("paper", "a 0.900 11.0 21.0 41.0 51.0")):
         evaluator = VOCEvaluator(name, convention)
         evaluator.reset()
         evaluator.process([records[0]], _outputs([[10, 20, 40, 50]], [0.9], [0], (48, 64)))
         assert evaluator._predictions[0] == [line]
 
-    # Training boxes given back as predictions: 100 in detectron2's convention. In the seed's, its +1 on all
+    # Training boxes given back as predictions: 100 in detectron2's convention. In the authors', its +1 on all
     # four moves each 30 x 30 box by one pixel: IoU 29 * 29 / (900 + 900 - 841) = 0.877, so AP50..AP85
     # are 100 and AP90, AP95 are 0: AP = 80.
     d2 = _evaluate(VOCEvaluator(name, "detectron2"), records, _ground_truth_as_predictions)
     assert (d2["AP"], d2["AP50"], d2["AP75"]) == (100.0, 100.0, 100.0)
-    ours = _evaluate(VOCEvaluator(name, "seed"), seed, _ground_truth_as_predictions)
+    ours = _evaluate(VOCEvaluator(name, "paper"), paper, _ground_truth_as_predictions)
     assert (ours["AP"], ours["AP50"], ours["AP75"]) == pytest.approx((80.0, 100.0, 100.0))
 
 
@@ -243,13 +243,13 @@ def test_coco_box_convention_in_training_and_evaluation(tmp_path):
     name = _name("coco_conv")
     register_coco_checked(name, {}, json_file, images)
     records = DatasetCatalog.get(name)
-    seed = to_box_convention(records, "seed", "coco")
+    paper = to_box_convention(records, "paper", "coco")
     # x1 = max(0, x), x2 = min(W - 1, x1 + w - 1), likewise y; kept if area > 0 and both sides > 6
-    assert [a["bbox"] for a in seed[0]["annotations"]] == [[5, 7, 24, 36], [50, 40, 63, 47], [0, 2, 19, 21]]
+    assert [a["bbox"] for a in paper[0]["annotations"]] == [[5, 7, 24, 36], [50, 40, 63, 47], [0, 2, 19, 21]]
     assert to_box_convention(records, "detectron2", "coco") is records
 
-    # Results: detectron2 writes w = x2 - x1, the seed w = x2 - x1 + 1.
-    for convention, bbox in (("detectron2", [5.0, 7.0, 19.0, 29.0]), ("seed", [5.0, 7.0, 20.0, 30.0])):
+    # Results: detectron2 writes w = x2 - x1, the authors' code w = x2 - x1 + 1.
+    for convention, bbox in (("detectron2", [5.0, 7.0, 19.0, 29.0]), ("paper", [5.0, 7.0, 20.0, 30.0])):
         evaluator = COCOEvaluatorWithConvention(name, convention, tasks=("bbox",))
         evaluator.reset()
         evaluator.process([records[0]], _outputs([[5, 7, 24, 36]], [0.9], [0], (48, 64)))
@@ -262,7 +262,7 @@ def test_coco_box_convention_in_training_and_evaluation(tmp_path):
     name = _name("coco_round_trip")
     register_coco_checked(name, {}, json_file, images)
     records = DatasetCatalog.get(name)
-    for convention in ("detectron2", "seed"):
+    for convention in ("detectron2", "paper"):
         train = to_box_convention(records, convention, "coco")
         result = _evaluate(COCOEvaluatorWithConvention(name, convention, tasks=("bbox",)), train,
                            _ground_truth_as_predictions)
@@ -270,9 +270,19 @@ def test_coco_box_convention_in_training_and_evaluation(tmp_path):
 
 
 def test_box_convention_is_validated():
-    with pytest.raises(ValueError, match=r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'seed'\), got 'coco'"):
+    with pytest.raises(ValueError, match=r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'paper'\), got 'coco'"):
         to_box_convention([], "coco", "pascal_voc")
-    assert torch.equal(evaluation_boxes(torch.tensor([[1.0, 2, 3, 4]]), "seed"), torch.tensor([[1.0, 2, 4, 5]]))
+    assert torch.equal(evaluation_boxes(torch.tensor([[1.0, 2, 3, 4]]), "paper"), torch.tensor([[1.0, 2, 4, 5]]))
+
+
+def test_old_name_seed_is_the_paper_convention(tmp_path, write_voc, voc_object):
+    root = write_voc(tmp_path, {"a": [voc_object("cat", (11, 21, 40, 50))]}, split="test")
+    name = _name("voc_old_name")
+    register_voc_checked(name, root, "test", 2012, ("cat",))
+    records = DatasetCatalog.get(name)
+    assert to_box_convention(records, "seed", "pascal_voc") == to_box_convention(records, "paper", "pascal_voc")
+    boxes = torch.tensor([[1.0, 2, 3, 4]])
+    assert torch.equal(evaluation_boxes(boxes, "seed"), evaluation_boxes(boxes, "paper"))
 
 
 def test_voc_reader_gives_load_voc_instances_records_on_real_voc(voc_mini_root):

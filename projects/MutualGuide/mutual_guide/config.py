@@ -103,7 +103,8 @@ def add_mutual_guide_config(cfg):
     # They are registered before the trainer builds its loaders, so DATASETS.TRAIN/TEST may name them.
     _C.DATASETS.CUSTOM = []
     # Pixel convention of the ground truth, in training and evaluation alike (data/box_convention.py):
-    # "detectron2" (its loaders' and evaluators') or "seed" (the paper's code; the paper configs use it).
+    # "detectron2" (its loaders' and evaluators', consistent) or "paper" (the authors' code at fd2c4cc, whose VOC
+    # evaluation scores every detection one pixel down and right: only to reproduce their tables to the digit).
     _C.DATASETS.BOX_CONVENTION = "detectron2"
     # Images the dataset check finds in error (missing, unreadable, wrong size, bad annotation...) stop the
     # run before the first iteration; True leaves them out instead, listed and counted in the log.

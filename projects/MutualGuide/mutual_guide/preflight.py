@@ -12,7 +12,7 @@ import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .data.box_convention import BOX_CONVENTIONS
+from .data.box_convention import check_box_convention
 from .neck import NECK_REGISTRY
 
 __all__ = [
@@ -54,8 +54,10 @@ def check_config(cfg, training=True):
                    f"number of processes ({world})")
     if not isinstance(cfg.TEST.EVAL_PERIOD, int) or cfg.TEST.EVAL_PERIOD < 0:
         bad.append(f"TEST.EVAL_PERIOD must be 0 (no evaluation during training) or positive, got {cfg.TEST.EVAL_PERIOD!r}")
-    if cfg.DATASETS.BOX_CONVENTION not in BOX_CONVENTIONS:
-        bad.append(f"DATASETS.BOX_CONVENTION must be one of {BOX_CONVENTIONS}, got {cfg.DATASETS.BOX_CONVENTION!r}")
+    try:
+        check_box_convention(cfg.DATASETS.BOX_CONVENTION)
+    except ValueError as e:
+        bad.append(str(e))
     if cfg.MODEL.BACKBONE.NAME not in BACKBONE_REGISTRY:
         bad.append(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r} is not a registered backbone; "
                    f"this project's: {', '.join(_ours(BACKBONE_REGISTRY))}")
