@@ -13,7 +13,7 @@ relative to the inputs' common folder under --output. A video's drawing is writt
 or the config's first DATASETS.TEST (any registered or DATASETS.CUSTOM dataset). --json saves every
 prediction drawn (file, frame for videos, box XYXY in the original image's pixels, score, class id and name).
 
-Drawings are at least 512 pixels wide and at most 2048 on their longest side (mutual_guide/drawing.py).
+Drawings are at least 512 pixels wide and at most 2048 on their longest side (mutual_guide/utils/drawing.py).
 Grayscale and palette images are converted to colour, an alpha channel is dropped. An image over
 --max-megapixels (default 150; a 12000 x 12000 photo is 144 megapixels, 0.4 GB decoded, and took the demo
 to 1.7 GB at its peak, against 0.9 GB on a small image) is refused from its header, before decoding. A file that cannot be used is reported with
@@ -21,6 +21,7 @@ the reason and the others are still drawn; the exit status is 1 when any input f
 the demo refuses to run unless --allow-random-weights is given.
 """
 import argparse
+import glob
 import json
 import logging
 import math
@@ -28,24 +29,93 @@ import os
 import sys
 
 import cv2
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 from mutual_guide import add_mutual_guide_config
-from mutual_guide.atomic_io import AtomicFile
 from mutual_guide.data import register_custom_datasets
 from mutual_guide.data.coco_reader import read_coco_dataset
-from mutual_guide.demo_inputs import VIDEO_CODECS, expand_inputs, output_paths, read_image, video_output
-from mutual_guide.drawing import draw_predictions
-from mutual_guide.engine import check_num_classes
-from mutual_guide.predictor import MutualGuidePredictor
-from mutual_guide.preflight import check_config
+from mutual_guide.data.image_header import read_image_size
+from mutual_guide.engine.predictor import MutualGuidePredictor
+from mutual_guide.engine.preflight import check_config, check_num_classes
+from mutual_guide.utils.atomic_io import AtomicFile
+from mutual_guide.utils.drawing import MAX_DRAWING_SIDE, draw_predictions
 
 DEFAULT_FPS = 25.0  # when the source does not say (webcams often report 0)
 
 logger = logging.getLogger("demo")
+
+# ----------------------------------------------------------------------------- inputs and where drawings go
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # output suffix -> cv2.VideoWriter fourcc
+
+
+def expand_inputs(patterns):
+    """
+    (image paths, failures) from files, folders and globs: each file once, in a stable order; an input
+    matching no image file is a failure (input, reason), and the others are still used.
+    """
+    paths, seen, failures = [], set(), []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))]
+            found = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
+            if not found:
+                failures.append((pattern, f"folder holds no image file (looked for {', '.join(IMAGE_SUFFIXES)})"))
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not found:
+                failures.append((pattern, "matches no image file"))
+        for path in found:
+            if os.path.abspath(path) not in seen:
+                seen.add(os.path.abspath(path))
+                paths.append(path)
+    return paths, failures
+
+
+def output_paths(paths, output_dir):
+    """Where each input's drawing goes: its path relative to the inputs' common folder, under `output_dir`."""
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [os.path.join(output_dir, os.path.relpath(p, common)) for p in absolute]
+
+
+def read_image(path, max_megapixels):
+    """The image as BGR uint8 (cv2.IMREAD_COLOR: gray to colour, alpha dropped), its size checked from the header."""
+    hint = " (a video? use --video-input)" if os.path.splitext(path)[1].lower() in VIDEO_CODECS else ""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own "decompression bomb" refusal: --max-megapixels decides here
+    try:
+        width, height = read_image_size(path)
+    except OSError as e:
+        if hint:
+            raise OSError(f"{e}{hint}") from e
+        raise
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if width * height > max_megapixels * 1e6:
+        raise ValueError(
+            f"{width} x {height} pixels ({width * height / 1e6:.0f} megapixels) is over --max-megapixels "
+            f"{max_megapixels:g}: decoded, it alone would take {width * height * 3 / 2 ** 30:.1f} GiB. Resize it, or "
+            f"give a larger --max-megapixels (the network sees it at INPUT.SIZE and it is drawn at most "
+            f"{MAX_DRAWING_SIDE} pixels on its longest side)"
+        )
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"cannot read the image (missing, not an image, or damaged){hint}")
+    return image
+
+
+def video_output(output, source_name):
+    """The video file of --output: itself when it ends in a VIDEO_CODECS suffix, else <output>/<source>.mp4."""
+    if os.path.splitext(output)[1].lower() in VIDEO_CODECS:
+        return output
+    return os.path.join(output, os.path.splitext(os.path.basename(source_name))[0] + ".mp4")
 
 
 def get_parser():

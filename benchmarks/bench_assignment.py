@@ -17,9 +17,9 @@ import torch
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-from mutual_guide.anchors import generate_anchors, num_levels_for
-from mutual_guide.assignment import build_anchor_matcher, pad_ground_truth
-from mutual_guide.losses import mutual_guide_losses
+from mutual_guide.modeling.anchors import generate_anchors, num_levels_for
+from mutual_guide.modeling.assignment import build_anchor_matcher, pad_ground_truth
+from mutual_guide.modeling.losses import mutual_guide_losses
 
 
 def load_oracle():

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import cv2
+
 from detectron2.config import get_cfg
 
 from mutual_guide import add_mutual_guide_config

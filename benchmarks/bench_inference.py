@@ -32,8 +32,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import mutual_guide
-import mutual_guide.backbone  # noqa: F401  (registers the backbones)
-import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
+import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +95,7 @@ def onnx_session(model, folder):
         import onnxruntime as ort
     except ImportError:
         return None
-    from mutual_guide.export import export_onnx
+    from mutual_guide.export.exportable import export_onnx
 
     path = export_onnx(model, os.path.join(folder, "model.onnx"), with_nms=True)
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -23,18 +23,17 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_assignment import load_oracle  # the same per-object oracle, loaded from tests/oracle.py
+from check_seed_loss import load_seed_loss  # the seed's MultiBoxLoss, runnable on the CPU
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from bench_assignment import load_oracle  # the same per-object oracle, loaded from tests/oracle.py
-from check_seed_loss import load_seed_loss  # the seed's MultiBoxLoss, runnable on the CPU
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from conftest import make_cfg  # noqa: E402  (the tests' CPU config of one network)
 
-from mutual_guide.inputs import batch_ground_truth  # noqa: E402
-from mutual_guide.losses import balanced_l1_loss  # noqa: E402
+from mutual_guide.modeling.batching import batch_ground_truth  # noqa: E402
+from mutual_guide.modeling.losses import balanced_l1_loss  # noqa: E402
 
 
 def make_batch(batch, size, num_classes, seed=0):

@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import mutual_guide
-from mutual_guide.assignment import build_anchor_matcher
+from mutual_guide.modeling.assignment import build_anchor_matcher
 
 
 def load_seed_loss(seed_repo):

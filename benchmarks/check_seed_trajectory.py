@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from seed_loop import build_seed_model, seed_criterion, seed_lr, seed_optimizer  # noqa: E402
 from train_net import Trainer, setup  # noqa: E402
 
+from mutual_guide.checkpoint.paper_keys import convert_paper_state_dict  # noqa: E402
 from mutual_guide.data import MutualGuideDatasetMapper, make_synthetic_dataset  # noqa: E402
-from mutual_guide.paper_checkpoint import convert_paper_state_dict  # noqa: E402
 
 
 def parse_args():

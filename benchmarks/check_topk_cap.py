@@ -23,9 +23,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import train_net  # noqa: E402
+
 from detectron2.engine import default_argument_parser  # noqa: E402
 
-import train_net  # noqa: E402
 from mutual_guide.data import make_synthetic_dataset  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
@@ -66,7 +67,7 @@ def candidates_per_level(cfg, weights, info):
     from detectron2.data import build_detection_test_loader
     from detectron2.modeling import build_model
 
-    from mutual_guide.checkpoint import MutualGuideCheckpointer
+    from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
     from mutual_guide.data import MutualGuideDatasetMapper
 
     model = build_model(cfg).eval()

@@ -96,12 +96,13 @@ def train_ours(args, out, num_classes):
 
 def train_seed(args, out, num_classes):
     """The seed's loop in this process (seed_loop.py), on our loader's records of the training split."""
+    from seed_loop import train_seed as seed_training
+
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
 
     import mutual_guide
     from mutual_guide.data import register_custom_datasets
-    from seed_loop import train_seed as seed_training
 
     torch.set_num_threads(args.threads)
     cfg = get_cfg()

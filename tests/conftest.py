@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+
 from detectron2.config import get_cfg
 from detectron2.modeling.box_regression import Box2BoxTransform
 
@@ -34,12 +35,9 @@ def load_tool():
 
 @pytest.fixture(scope="session")
 def oracle():
-    """tests/oracle.py: the plain per-object assignment and losses the vectorised ones are checked against."""
-    import importlib.util
+    """mutual_guide.utils.oracle: the plain per-object assignment and losses the vectorised ones are checked against."""
+    from mutual_guide.utils import oracle as module
 
-    spec = importlib.util.spec_from_file_location("oracle", os.path.join(os.path.dirname(__file__), "oracle.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return module
 
 
@@ -136,7 +134,7 @@ def labelled_batch(random_batch, oracle):
     """
     from detectron2.structures import Boxes, Instances
 
-    from mutual_guide.assignment import build_anchor_matcher, pad_ground_truth
+    from mutual_guide.modeling.assignment import build_anchor_matcher, pad_ground_truth
 
     def labelled(seed, max_boxes, mutual, integer=False, duplicates=False):
         anchors, boxes, classes, pred, logits = inputs = random_batch(seed, max_boxes, integer, duplicates)
@@ -269,6 +267,7 @@ def drawn(monkeypatch):
     """Every Visualizer.overlay_instances call's boxes (drawing's pixels), labels and label heights (drawing's
     pixels), for the rest of the test."""
     import numpy as np
+
     from detectron2.utils.visualizer import Visualizer
 
     calls = []

@@ -5,7 +5,7 @@ from itertools import product
 import pytest
 import torch
 
-from mutual_guide.anchors import anchors_per_level, generate_anchors, num_levels_for
+from mutual_guide.modeling.anchors import anchors_per_level, generate_anchors, num_levels_for
 
 R2 = math.sqrt(2.0)
 
@@ -69,7 +69,7 @@ def test_matches_plain_loop_oracle(size, base):
 
 
 def test_normalized_anchors_are_the_pixel_anchors_over_the_side():
-    from mutual_guide.anchors import generate_normalized_anchors
+    from mutual_guide.modeling.anchors import generate_normalized_anchors
 
     pixel = generate_anchors(320, 24.0, 4)
     normalized = generate_normalized_anchors(320, 24.0, 4)
@@ -86,8 +86,8 @@ def test_ties_between_anchors_break_as_in_the_authors_frame():
     """
     from detectron2.structures import Boxes, pairwise_iou
 
-    from mutual_guide.anchors import generate_normalized_anchors
-    from mutual_guide.assignment import BestAnchorIoUMatcher
+    from mutual_guide.modeling.anchors import generate_normalized_anchors
+    from mutual_guide.modeling.assignment import BestAnchorIoUMatcher
 
     box = torch.tensor([[13.758645057678223, 135.7713623046875, 133.61485290527344, 146.92062377929688]])
     pixel_iou = pairwise_iou(Boxes(box), Boxes(generate_anchors(320, 24.0, 4)))[0]

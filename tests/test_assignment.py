@@ -3,7 +3,7 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from mutual_guide.assignment import (
+from mutual_guide.modeling.assignment import (
     AnchorLabels,
     BestAnchorIoUMatcher,
     MutualGuidanceMatcher,
@@ -107,7 +107,7 @@ def test_top_n_ties_go_to_lower_anchor_index():
 
 
 def test_top_n_marks_break_ties_by_lower_index():
-    from mutual_guide.assignment import _mark_top_n_
+    from mutual_guide.modeling.assignment import _mark_top_n_
 
     scores = torch.tensor([[0.5, 0.7, 0.5, 0.5, 0.7, 0.0], [0.0, 0.0, 0.0, 0.2, 0.0, 0.0]])
     marked = _mark_top_n_(scores.clone(), [(torch.tensor([3, 3]), 2.0), (torch.tensor([2, 0]), 3.0)], k=3)

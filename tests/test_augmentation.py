@@ -2,10 +2,11 @@
 import cv2
 import numpy as np
 import pytest
+from conftest import make_cfg
+
 from detectron2.data import transforms as T
 from detectron2.data.transforms import CropTransform
 
-from conftest import make_cfg
 from mutual_guide.data.augmentation import (
     CV2_INTERPOLATIONS,
     CV2ResizeTransform,

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import make_cfg
+
 from mutual_guide.data import MutualGuideDatasetMapper
 from mutual_guide.data.augmentation import CropTransform, ExpandTransform, PhotometricDistortion
 

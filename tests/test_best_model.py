@@ -6,13 +6,13 @@ import types
 
 import pytest
 import torch
+import train_net
+from conftest import ROOT
 
 from detectron2.utils.events import EventStorage
 
-import train_net
-from conftest import ROOT
 from mutual_guide.data import make_synthetic_dataset
-from mutual_guide.engine import BestModelCheckpointer
+from mutual_guide.engine.hooks import BestModelCheckpointer
 
 # AP50 given to the three evaluations of the run below (after iterations 2, 4 and the last, 6): the best is the
 # middle one, so that neither "the first saved" nor "the last saved" passes for "the best saved".

@@ -5,12 +5,12 @@ import os
 import cv2
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 
-from conftest import ROOT
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import MutualGuideDatasetMapper, make_synthetic_dataset, register_custom_datasets
 from mutual_guide.data.builtin import VOC_CLASS_NAMES

@@ -10,12 +10,12 @@ import urllib.request
 
 import pytest
 import torch
+from conftest import ROOT
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import mutual_guide
-from conftest import ROOT
 
 CONFIG_DIR = os.path.join(ROOT, "configs")
 NAME = re.compile(r"mg_(vgg16|resnet18|repvgg|shufflenet)_(ssd|fpn|pafpn|rfb)_(voc|coco)(_512)?\.yaml$")
@@ -184,7 +184,7 @@ def test_input_size_must_be_a_multiple_of_64():
 
 
 def test_amp_is_refused_without_cuda():
-    from mutual_guide.engine import check_amp_supported
+    from mutual_guide.engine.devices import check_amp_supported
 
     cfg = load(os.path.join(CONFIG_DIR, "mg_resnet18_ssd_voc.yaml"), "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu")
     with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode

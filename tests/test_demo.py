@@ -6,19 +6,19 @@ import re
 import uuid
 
 import cv2
+import demo
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-import demo
-from conftest import ROOT
 from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
-from mutual_guide.drawing import draw_predictions
-from mutual_guide.predictor import MutualGuidePredictor
+from mutual_guide.engine.predictor import MutualGuidePredictor
+from mutual_guide.utils.drawing import draw_predictions
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 CLASSES = ["circle", "square", "triangle"]
@@ -40,6 +40,7 @@ def shapes(tmp_path_factory):
 
 def _cfg(opts):
     from detectron2.config import get_cfg
+
     from mutual_guide import add_mutual_guide_config
 
     cfg = get_cfg()

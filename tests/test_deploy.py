@@ -1,15 +1,15 @@
 """Inference rewrites keep the outputs: BatchNorm folding and RepVGG re-parameterisation."""
 import pytest
 import torch
+from conftest import make_cfg
 from torch import nn
 
 from detectron2.modeling import build_model
 
-import mutual_guide.backbone  # noqa: F401  (registers the backbones)
-import mutual_guide.meta_arch  # noqa: F401
-from mutual_guide.backbone.repvgg import RepVGGBackbone, RepVGGBlock
-from mutual_guide.deploy import fold_batchnorm, fuse_repvgg_blocks
-from conftest import make_cfg
+import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401
+from mutual_guide.modeling.backbone.repvgg import RepVGGBackbone, RepVGGBlock
+from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
 
 
 def make_model(backbone, neck="PAFPN", size=320):

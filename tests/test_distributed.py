@@ -8,14 +8,14 @@ import os
 
 import pytest
 import torch
+import train_net
+from conftest import ROOT
 
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, launch
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.engine.launch import _find_free_port
+from detectron2.layers import FrozenBatchNorm2d
 
-import train_net
-from conftest import ROOT
 from mutual_guide.data import make_synthetic_dataset
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")

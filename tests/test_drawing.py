@@ -2,21 +2,22 @@
 import os
 
 import cv2
+import demo
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 
-import demo
-from conftest import ROOT
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import register_custom_datasets
 from mutual_guide.data.builtin import VOC_CLASS_NAMES
-from mutual_guide.drawing import PredictionDrawer, draw_predictions
+from mutual_guide.evaluation.drawer import PredictionDrawer
+from mutual_guide.utils.drawing import draw_predictions
 
 NAME = "drawing_voc_mini"
 

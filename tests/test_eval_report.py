@@ -8,16 +8,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import train_net
 
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
-import train_net
 from mutual_guide.data import make_synthetic_dataset
 from mutual_guide.data.custom import register_custom_dataset
-from mutual_guide.drawing import PALETTE
-from mutual_guide.evaluation_report import RECALL_GRID, confusion_matrix, interpolated_precision
-from mutual_guide.evaluators import COCOEvaluatorWithConvention, VOCEvaluator
+from mutual_guide.evaluation.evaluators import COCOEvaluatorWithConvention, VOCEvaluator
+from mutual_guide.evaluation.report import RECALL_GRID, confusion_matrix, interpolated_precision
+from mutual_guide.utils.drawing import PALETTE
 
 CLASSES = ["circle", "square", "triangle"]
 REPORT_FILES = ["confusion_matrix.png", "per_class.json", "pr_curve.png"]
@@ -132,7 +132,7 @@ def _check_pictures(folder, class_colours=True):
 @pytest.mark.slow
 def test_report_has_the_metrics_own_numbers(generated, tmp_path, logged):
     fmt, name, records = generated
-    messages = logged("mutual_guide.evaluation_report")
+    messages = logged("mutual_guide.evaluation.report")
     folder = str(tmp_path / "eval" / name)
     if fmt == "voc":
         evaluator = VOCEvaluator(name, report_dir=folder, report_score_thresh=0.3)

@@ -21,9 +21,15 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 import mutual_guide
-import mutual_guide.backbone  # noqa: F401  (registers the backbones)
-import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
-from mutual_guide.export import NMS_OUTPUT_NAMES, OUTPUT_NAMES, export_onnx, export_torchscript, prepare_for_export
+import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
+from mutual_guide.export.exportable import (
+    NMS_OUTPUT_NAMES,
+    OUTPUT_NAMES,
+    export_onnx,
+    export_torchscript,
+    prepare_for_export,
+)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

@@ -10,10 +10,11 @@ import uuid
 import cv2
 import numpy as np
 import pytest
-
 import train_net
 from conftest import ROOT
+
 from detectron2.engine import default_argument_parser
+
 from mutual_guide.data import make_synthetic_dataset
 from mutual_guide.data.check import check_dataset
 from mutual_guide.data.coco_reader import read_coco_dataset
@@ -278,7 +279,7 @@ def test_run_killed_during_a_checkpoint_save_resumes_to_the_same_weights(tmp_pat
 def test_atomic_writes_replace_whole_files(tmp_path):
     from detectron2.utils.events import EventStorage
 
-    from mutual_guide.atomic_io import AtomicFile, AtomicJSONWriter
+    from mutual_guide.utils.atomic_io import AtomicFile, AtomicJSONWriter
 
     target = tmp_path / "model_0000001.pth"
     target.write_bytes(b"old")

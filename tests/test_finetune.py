@@ -6,18 +6,18 @@ import os
 
 import pytest
 import torch
+import train_net
+from conftest import make_cfg
 
 import detectron2.utils.comm as comm
 from detectron2.engine import launch
 from detectron2.engine.launch import _find_free_port
 from detectron2.modeling import build_model
 
-import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
-import train_net
-from conftest import make_cfg
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
 from mutual_guide.checkpoint import CheckpointMismatchError, MutualGuideCheckpointer
+from mutual_guide.checkpoint.paper_keys import to_paper_state_dict
 from mutual_guide.data import make_synthetic_dataset
-from mutual_guide.paper_checkpoint import to_paper_state_dict
 
 SIZE = 128
 
@@ -55,7 +55,7 @@ def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors
         for p in target.head.conf.parameters():
             p.fill_(5.0)
 
-    messages = logged("mutual_guide.checkpoint")
+    messages = logged("mutual_guide.checkpoint.checkpointer")
     MutualGuideCheckpointer(target, finetune=True).load(path)
 
     loaded, expected = target.state_dict(), source.state_dict()

@@ -6,8 +6,8 @@ from fvcore.nn import sigmoid_focal_loss
 
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from mutual_guide.assignment import AnchorLabels, build_anchor_matcher
-from mutual_guide.losses import balanced_l1_loss, mutual_guide_losses, sigmoid_focal_loss_sum
+from mutual_guide.modeling.assignment import AnchorLabels, build_anchor_matcher
+from mutual_guide.modeling.losses import balanced_l1_loss, mutual_guide_losses, sigmoid_focal_loss_sum
 
 B2B = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
 LN2 = math.log(2.0)

@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import mutual_guide
-from mutual_guide.inputs import batch_ground_truth
+from mutual_guide.modeling.batching import batch_ground_truth
 
 SIZE = 128
 

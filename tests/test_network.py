@@ -5,17 +5,17 @@ import math
 import pytest
 import torch
 import torchvision
+from conftest import make_cfg
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
-import mutual_guide.backbone  # noqa: F401  (registers the backbones)
-import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
-from mutual_guide.backbone import load_pretrained_backbone
+import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
 from mutual_guide.checkpoint import CheckpointMismatchError, MutualGuideCheckpointer
-from mutual_guide.neck import build_neck
-from mutual_guide.paper_checkpoint import convert_paper_state_dict, to_paper_state_dict
-from conftest import make_cfg
+from mutual_guide.checkpoint.paper_keys import convert_paper_state_dict, to_paper_state_dict
+from mutual_guide.modeling.backbone import load_pretrained_backbone
+from mutual_guide.modeling.neck import build_neck
 
 BACKBONES = ["VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"]
 
@@ -241,7 +241,7 @@ def test_pretrained_errors_name_the_problem(tmp_path):
 
 
 def test_head_initialisation_and_channel_layout():
-    from mutual_guide.head import MutualGuideHead
+    from mutual_guide.modeling.head import MutualGuideHead
 
     torch.manual_seed(0)
     head = MutualGuideHead(in_channels=16, num_levels=2, num_classes=3)

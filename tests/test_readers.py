@@ -6,6 +6,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -14,7 +15,7 @@ from mutual_guide.data.box_convention import evaluation_boxes, to_box_convention
 from mutual_guide.data.builtin import register_coco_checked, register_voc_checked
 from mutual_guide.data.coco_reader import read_coco_dataset
 from mutual_guide.data.voc_reader import read_voc_dataset
-from mutual_guide.evaluators import COCOEvaluatorWithConvention, VOCEvaluator
+from mutual_guide.evaluation.evaluators import COCOEvaluatorWithConvention, VOCEvaluator
 
 CLASSES = ("cat", "dog", "bird")
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from detectron2.structures import BoxMode
 
 from mutual_guide.data import MutualGuideDatasetMapper
-from mutual_guide.data.resize import resize_tensor_to_input, resize_to_input
-from mutual_guide.inputs import batch_images
-from mutual_guide.predictor import MutualGuidePredictor
+from mutual_guide.data.resize import resize_to_input
+from mutual_guide.engine.predictor import MutualGuidePredictor
+from mutual_guide.modeling.batching import batch_images
 
 SIZE = 64
 
@@ -53,9 +53,6 @@ def test_every_path_gives_the_network_the_same_pixels(photo, load_tool, cfg_fact
         "evaluation (test mapper)": hwc(MutualGuideDatasetMapper(cfg, is_train=False)(record)["image"]),
         "training without MG_AUGMENT": hwc(MutualGuideDatasetMapper(cfg, is_train=True)(record)["image"]),
         "export_model.py --verify": hwc(load_tool("export_model").read_images([photo], SIZE)[0]),
-        "the model, given the raw image": hwc(
-            batch_images([{"image": torch.as_tensor(original.transpose(2, 0, 1).copy())}], SIZE, torch.device("cpu"))[0]
-        ),
     }
     predictor = MutualGuidePredictor(cfg, model=_Recorder())
     predictor(original)
@@ -70,12 +67,10 @@ def test_every_path_gives_the_network_the_same_pixels(photo, load_tool, cfg_fact
     assert not np.array_equal(cv2.resize(original, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST), expected)
 
 
-def test_model_resize_of_a_tensor_keeps_device_dtype_and_channels():
-    """Float and single-channel tensors go through the same kernel (cv2 drops a channel of size 1: put back)."""
-    image = torch.rand(1, 30, 40) * 255
-    out = resize_tensor_to_input(image, SIZE)
-    assert out.shape == (1, SIZE, SIZE) and out.dtype == torch.float32
-    expected = cv2.resize(image[0].numpy(), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(out[0].numpy(), expected)
-    as_int64 = resize_tensor_to_input(torch.full((3, 30, 40), 7, dtype=torch.int64), SIZE)  # not a cv2 type
-    assert as_int64.dtype == torch.float32 and bool((as_int64 == 7).all())
+def test_the_model_refuses_an_image_of_another_size_naming_its_file():
+    """Resizing is the mapper's and the predictor's: the model takes S x S images only."""
+    square = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
+    assert batch_images([{"image": square}], SIZE, torch.device("cpu")).shape == (1, 3, SIZE, SIZE)
+    with pytest.raises(ValueError, match=r"Image 'a.jpg' reaches the detector as \(50, 80\); it takes INPUT.SIZE"):
+        batch_images([{"image": square}, {"image": torch.zeros(3, 50, 80), "file_name": "a.jpg"}], SIZE,
+                     torch.device("cpu"))

@@ -13,9 +13,9 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from mutual_guide.assignment import AnchorLabels, MutualGuidanceMatcher
 from mutual_guide.config import add_mutual_guide_config
 from mutual_guide.data import make_synthetic_dataset
+from mutual_guide.modeling.assignment import AnchorLabels, MutualGuidanceMatcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 3
@@ -215,7 +215,7 @@ def test_configs_load_through_setup_and_build(name, classes, dataset, tmp_path, 
 
     checked = []
     # the datasets are not on this machine: record the names setup would look for
-    monkeypatch.setattr(train_net, "check_dataset_paths", checked.extend)
+    monkeypatch.setattr("mutual_guide.engine.defaults.check_dataset_paths", checked.extend)
     config = os.path.join(ROOT, "configs", f"retinanet_R50_FPN_mg_{name}.yaml")
     for enabled in (True, False):
         args = train_net.argument_parser().parse_args(
@@ -280,6 +280,7 @@ def test_train_net_trains_and_evaluates_it_as_detectron2_would(tmp_path):
     import json
 
     import train_net
+
     from detectron2.data import DatasetCatalog
 
     info = make_synthetic_dataset(str(tmp_path / "shapes"), fmt="coco", num_train=8, num_test=4, image_size=128,

@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
-from detectron2.modeling import build_model
-
 from conftest import make_cfg
 from train_net import Trainer
+
+from detectron2.modeling import build_model
 
 SEED_FLOOR = 1e-6  # main.py: the warm-up starts there and the cosine ends there
 

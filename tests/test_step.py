@@ -7,14 +7,14 @@ a TorchDispatchMode counts them here as a GPU would suffer them.
 """
 import pytest
 import torch
+from conftest import make_cfg
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import make_cfg
-from mutual_guide.inputs import batch_ground_truth
+from mutual_guide.modeling.batching import batch_ground_truth
 
 SIZE = 64
 
@@ -112,7 +112,7 @@ def test_ground_truth_is_prepared_on_the_host_without_indexing():
 def test_channel_shuffle_keeps_the_layout_and_equals_torchvisions(layout):
     from torchvision.models.shufflenetv2 import channel_shuffle as torchvision_shuffle
 
-    from mutual_guide.backbone.shufflenet import channel_shuffle
+    from mutual_guide.modeling.backbone.shufflenet import channel_shuffle
 
     x = torch.randn(2, 8, 3, 5).contiguous(memory_format=layout)
     y = channel_shuffle(x, 2)

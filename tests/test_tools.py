@@ -5,7 +5,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "mg_shufflenet_ssd_voc.yaml")

@@ -5,13 +5,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg
+from train_net import Trainer
+
 from detectron2.data.transforms import CropTransform
 from detectron2.structures import BoxMode
 
-from conftest import make_cfg
 from mutual_guide.data import MutualGuideDatasetMapper, make_synthetic_dataset, register_custom_datasets
 from mutual_guide.data.augmentation import CV2_INTERPOLATIONS, RandomInterpolationResize
-from train_net import Trainer
 
 
 def _dict(path, h, w, boxes, classes, crowd=None):

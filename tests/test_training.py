@@ -5,11 +5,11 @@ import os
 
 import pytest
 import torch
+import train_net
+from conftest import ROOT
 
 from detectron2.engine import HookBase, default_argument_parser
 
-import train_net
-from conftest import ROOT
 from mutual_guide.data import make_synthetic_dataset
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
@@ -177,7 +177,7 @@ def test_bad_num_classes_is_refused(shapes, tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_iteration(shapes, tmp_path, monkeypatch):
-    from mutual_guide.meta_arch import MutualGuideDetector
+    from mutual_guide.modeling.meta_arch.detector import MutualGuideDetector
 
     real_losses = MutualGuideDetector.losses
     calls = []

@@ -4,13 +4,13 @@ import glob
 import numpy as np
 import pytest
 import torch
+import train_net
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train_net
-from mutual_guide.assignment import AnchorLabels
 from mutual_guide.data import make_synthetic_dataset
-from mutual_guide.inputs import GroundTruth
-from mutual_guide.training_samples import draw_training_sample, put_training_samples
+from mutual_guide.modeling.assignment import AnchorLabels
+from mutual_guide.modeling.batching import GroundTruth
+from mutual_guide.modeling.training_samples import draw_training_sample, put_training_samples
 
 # A 64 x 64 image drawn 8x (512 px) below a legend band; three anchors, one of each kind.
 ANCHORS = np.array([[8, 8, 24, 24], [32, 32, 56, 56], [40, 4, 60, 20]], dtype=np.float32)

@@ -33,10 +33,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import mutual_guide
-import mutual_guide.backbone  # noqa: F401  (registers the backbones)
-import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
-from mutual_guide.assignment import build_anchor_matcher
-from mutual_guide.engine import check_device
+import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
+from mutual_guide.engine.devices import check_device
+from mutual_guide.modeling.assignment import build_anchor_matcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONES = [("vgg16", "VGG16"), ("resnet18", "ResNet18"), ("repvgg", "RepVGG-A2"), ("shufflenet", "ShuffleNetV2")]

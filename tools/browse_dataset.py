@@ -26,7 +26,8 @@ from detectron2.utils.env import seed_all_rng
 import mutual_guide
 from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
 from mutual_guide.data.mapper import read_image_checked
-from mutual_guide.drawing import draw_boxes
+from mutual_guide.utils.drawing import draw_boxes
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

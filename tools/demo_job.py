@@ -45,8 +45,8 @@ def dataset_opts(info, extra=None):
 
 def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128, num_extra_train=0):
     """Generate, train, evaluate, draw. Returns the evaluation results (COCO-style dict)."""
-    import train_net
     import demo
+    import train_net
 
     started = time.time()
     info = make_synthetic_dataset(

@@ -25,12 +25,12 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import mutual_guide
-import mutual_guide.backbone  # noqa: F401  (registers the backbones)
-import mutual_guide.meta_arch  # noqa: F401  (registers the detector)
-from mutual_guide.checkpoint import MutualGuideCheckpointer
+import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
+import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
+from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
 from mutual_guide.data.resize import resize_to_input
-from mutual_guide.engine import check_device
-from mutual_guide.export import add_nms, export_onnx, export_torchscript, prepare_for_export
+from mutual_guide.engine.devices import check_device
+from mutual_guide.export.exportable import add_nms, export_onnx, export_torchscript, prepare_for_export
 
 DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 

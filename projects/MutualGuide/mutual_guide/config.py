@@ -74,6 +74,9 @@ def add_mutual_guide_config(cfg):
     _C.TEST.IMS_PER_BATCH = 8
 
     # ---------------------------------------------------------------- input and augmentation
+    # The dataset mapper (data/mapper.py DATASET_MAPPER_REGISTRY): "MutualGuideDatasetMapper" for MutualGuideDetector,
+    # "DatasetMapper" (detectron2's) for RetinaNet-style detectors that take images of any size.
+    _C.INPUT.DATASET_MAPPER = "MutualGuideDatasetMapper"
     _C.INPUT.SIZE = 320  # square input side (multiple of 64); 4 pyramid levels below 512, 5 from 512
     _C.INPUT.FORMAT = "BGR"
     # The seed's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,

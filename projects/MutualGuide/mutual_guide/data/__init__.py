@@ -2,10 +2,10 @@
 
 Importing this package registers the builtin datasets (mg_voc_*, mg_coco_*) without touching the disk.
 """
-from . import builtin  # noqa: F401  (registers the builtin datasets)
-from .builtin import check_dataset_paths
-from .custom import register_custom_datasets
-from .mapper import MutualGuideDatasetMapper, build_dataset_mapper
-from .synthetic import make_synthetic_dataset
+from mutual_guide.data import builtin  # noqa: F401  (registers the builtin datasets)
+from mutual_guide.data.builtin import check_dataset_paths
+from mutual_guide.data.custom import register_custom_datasets
+from mutual_guide.data.mapper import DATASET_MAPPER_REGISTRY, MutualGuideDatasetMapper, build_dataset_mapper
+from mutual_guide.data.synthetic import make_synthetic_dataset
 
-__all__ = ["MutualGuideDatasetMapper", "build_dataset_mapper", "check_dataset_paths", "make_synthetic_dataset", "register_custom_datasets"]
+__all__ = ["DATASET_MAPPER_REGISTRY", "MutualGuideDatasetMapper", "build_dataset_mapper", "check_dataset_paths", "make_synthetic_dataset", "register_custom_datasets"]

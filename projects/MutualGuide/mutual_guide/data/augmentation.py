@@ -16,10 +16,11 @@ The seed draws from Python's `random`; here all randomness comes from numpy's gl
 """
 import cv2
 import numpy as np
-from detectron2.data import transforms as T
 from fvcore.transforms.transform import CropTransform, NoOpTransform, PadTransform, Transform, TransformList
 
-from .resize import resize_image
+from detectron2.data import transforms as T
+
+from mutual_guide.data.resize import resize_image
 
 __all__ = [
     "CV2_INTERPOLATIONS",

@@ -21,6 +21,7 @@ IoU 0.5, several AP on small objects and at IoU 0.75 (docs/datasets.md, "Box con
 import logging
 
 import torch
+
 from detectron2.structures import BoxMode
 
 __all__ = ["BOX_CONVENTIONS", "check_box_convention", "evaluation_boxes", "to_box_convention"]

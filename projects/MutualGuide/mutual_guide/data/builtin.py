@@ -10,12 +10,12 @@ checks up front (the trainer calls it at start).
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
-from .check import register_checked_dataset
-from .coco_reader import read_coco_dataset
-from .voc_reader import read_voc_dataset
+from mutual_guide.data.check import register_checked_dataset
+from mutual_guide.data.coco_reader import read_coco_dataset
+from mutual_guide.data.voc_reader import read_voc_dataset
+from mutual_guide.utils.detectron2_compat import builtin_coco_metadata
 
 __all__ = [
     "VOC_CLASS_NAMES",
@@ -120,7 +120,7 @@ def register_all_mutual_guide(root):
     for name, (image_root, json_file) in _COCO_SPLITS.items():
         if name not in DatasetCatalog.list():
             register_coco_checked(
-                name, _get_builtin_metadata("coco"), os.path.join(root, json_file), os.path.join(root, image_root)
+                name, builtin_coco_metadata(), os.path.join(root, json_file), os.path.join(root, image_root)
             )
 
 

@@ -17,8 +17,8 @@ import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .image_header import read_image_size
-from .problems import DatasetError, Problem, box_problem, format_problems
+from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.problems import DatasetError, Problem, box_problem, format_problems
 
 __all__ = ["DatasetReport", "check_dataset", "checked_records", "read_by_our_readers", "register_checked_dataset"]
 

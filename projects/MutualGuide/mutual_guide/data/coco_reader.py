@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 
 from detectron2.structures import BoxMode
 
-from .image_header import read_image_size
-from .problems import Problem, box_problem
+from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.problems import Problem, box_problem
 
 __all__ = ["read_coco_dataset"]
 

@@ -13,7 +13,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .builtin import VOC_LAYOUT, register_coco_checked, register_voc_checked, voc_required_paths
+from mutual_guide.data.builtin import VOC_LAYOUT, register_coco_checked, register_voc_checked, voc_required_paths
 
 __all__ = ["parse_custom_spec", "register_custom_dataset", "register_custom_datasets"]
 

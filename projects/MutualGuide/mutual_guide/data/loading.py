@@ -8,9 +8,9 @@ import os
 from detectron2.data import MetadataCatalog
 from detectron2.data.build import filter_images_with_only_crowd_annotations, print_instances_class_histogram
 
-from .box_convention import to_box_convention
-from .check import checked_records
-from .problems import DatasetError
+from mutual_guide.data.box_convention import to_box_convention
+from mutual_guide.data.check import checked_records
+from mutual_guide.data.problems import DatasetError
 
 __all__ = ["check_datasets", "test_dataset_dicts", "training_dataset_dicts"]
 

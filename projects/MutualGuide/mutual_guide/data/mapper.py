@@ -3,18 +3,37 @@ import logging
 
 import numpy as np
 import torch
+
 from detectron2.config import configurable
+from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode, Boxes, Instances
+from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.logger import log_every_n_seconds
+from detectron2.utils.registry import Registry
 
-from .augmentation import DetectionAugInput, RandomInterpolationResize, build_augmentation, min_side_keep, plain_resize
-from .resize import resize_to_input
+from mutual_guide.data.augmentation import (
+    DetectionAugInput,
+    RandomInterpolationResize,
+    build_augmentation,
+    min_side_keep,
+    plain_resize,
+)
+from mutual_guide.data.resize import resize_to_input
 
-__all__ = ["MutualGuideDatasetMapper", "annotations_to_boxes", "build_dataset_mapper", "read_image_checked"]
+__all__ = [
+    "DATASET_MAPPER_REGISTRY",
+    "MutualGuideDatasetMapper",
+    "annotations_to_boxes",
+    "build_dataset_mapper",
+    "read_image_checked",
+]
 
 logger = logging.getLogger(__name__)
+
+DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
+DATASET_MAPPER_REGISTRY.__doc__ = """Dataset mappers, by INPUT.DATASET_MAPPER: called as `Mapper(cfg, is_train=...)`."""
+DATASET_MAPPER_REGISTRY.register(DatasetMapper)  # detectron2's, for its own detectors
 
 
 def read_image_checked(file_name, image_format):
@@ -50,6 +69,7 @@ def annotations_to_boxes(annotations, image_size, crowd_boxes=False):
     return boxes[nonempty], classes[nonempty], int((~nonempty).sum())
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class MutualGuideDatasetMapper:
     """
     Callable like detectron2's DatasetMapper. Output dict: "image" (uint8 tensor 3 x S x S in INPUT.FORMAT),
@@ -156,12 +176,15 @@ def _to_tensor(image):
 
 def build_dataset_mapper(cfg, is_train):
     """
-    The mapper of the configured detector: ours (the paper's augmentation, S x S inputs) for MutualGuideDetector,
-    detectron2's DatasetMapper (its multi-scale resize, flip and padding) for its own detectors such as
-    MutualGuideRetinaNet, which must see exactly what detectron2's RetinaNet sees.
+    The mapper named by INPUT.DATASET_MAPPER in DATASET_MAPPER_REGISTRY, built as `Mapper(cfg, is_train=...)`:
+    "MutualGuideDatasetMapper" (the paper's augmentation, S x S inputs: what MutualGuideDetector takes) or
+    "DatasetMapper" (detectron2's, its multi-scale resize, flip and padding: what detectron2's RetinaNet and
+    MutualGuideRetinaNet take). A mapper of your own is registered the same way.
     """
-    if cfg.MODEL.META_ARCHITECTURE == "MutualGuideDetector":
-        return MutualGuideDatasetMapper(cfg, is_train=is_train)
-    from detectron2.data import DatasetMapper
-
-    return DatasetMapper(cfg, is_train=is_train)
+    name = cfg.INPUT.DATASET_MAPPER
+    if name not in DATASET_MAPPER_REGISTRY:
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER {name!r} is not a registered dataset mapper; registered: "
+            f"{', '.join(sorted(n for n, _ in DATASET_MAPPER_REGISTRY))}"
+        )
+    return DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train=is_train)

@@ -20,8 +20,8 @@ import xml.etree.ElementTree as ET
 
 from detectron2.structures import BoxMode
 
-from .image_header import IMAGE_EXTENSIONS, read_image_size
-from .problems import Problem, box_problem
+from mutual_guide.data.image_header import IMAGE_EXTENSIONS, read_image_size
+from mutual_guide.data.problems import Problem, box_problem
 
 __all__ = ["read_voc_dataset", "read_voc_split"]
 

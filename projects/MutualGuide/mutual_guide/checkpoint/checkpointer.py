@@ -1,0 +1,108 @@
+"""The detector's checkpointer: strict loading of whole detectors, fine-tuning, atomic saves."""
+import logging
+from typing import Dict, Mapping
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+
+from mutual_guide.checkpoint.state_dict import check_state_dict_fits
+from mutual_guide.utils.atomic_io import AtomicWritePathManager
+
+__all__ = ["MutualGuideCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
+class MutualGuideCheckpointer(DetectionCheckpointer):
+    """
+    A model says how it loads by two attributes: `loads_whole_detectors` (True: MODEL.WEIGHTS is a whole detector,
+    loaded strictly as below) and `class_logit_prefix` (the state-dict prefix of its class-logit layers, which
+    fine-tuning restarts with the model's `reset_class_logits()`). Other models load as detectron2 loads them.
+
+    Loads the project's checkpoints and the authors' state dicts (renamed by the detector's own pre-hook,
+    see paper_checkpoint.py).
+
+    detectron2's checkpointer skips tensors whose shapes differ and only logs a warning, which silently leaves
+    a head untrained when, say, NUM_CLASSES is wrong. MODEL.WEIGHTS here is a whole detector, so any shape
+    mismatch, missing or unexpected tensor is an error naming the file and the keys, and nothing is loaded.
+
+    With `finetune=True` (MODEL.MUTUAL_GUIDE.FINETUNE) the class-logit layers (`head.conf`) of a checkpoint
+    trained on other classes are left out and start afresh with the head's prior-probability initialisation;
+    every other tensor must still fit, since a checkpoint of another backbone or neck is not a fine-tune.
+
+    Checkpoints and `last_checkpoint` are written atomically (atomic_io.py): a save interrupted by a kill
+    never leaves a truncated file under a checkpoint's name.
+    """
+
+    def __init__(self, model, save_dir="", *, finetune: bool = False, **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.finetune = finetune
+        self._loading_path = ""
+        self.path_manager = AtomicWritePathManager(self.path_manager)
+
+    def load(self, path, *args, **kwargs):
+        self._loading_path = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint):
+        if not getattr(self.model, "loads_whole_detectors", False):
+            # detectron2's own detectors (MutualGuideRetinaNet) load as detectron2 loads them: its ImageNet .pkl
+            # files by name heuristics, a partial fit with a warning, as users of those configs expect
+            return super()._load_model(checkpoint)
+        # Not DetectionCheckpointer._load_model: fvcore's compares shapes under the file's names, before the
+        # detector's pre-hook renames the authors' keys, and only warns. Checking from a pre-hook registered after
+        # the detector's sees the names the model loads, and raises before any tensor is copied. (detectron2's
+        # Caffe2/pycls name heuristics, the other thing it does, are for detectron2's own models.)
+        self._left_out = []
+        handle = self.model.register_load_state_dict_pre_hook(self._check_fit)
+        try:
+            self.model.load_state_dict(checkpoint.pop("model"), strict=False)
+        finally:
+            handle.remove()
+        if self._left_out:
+            self._restart_class_layers()
+        return None  # nothing for fvcore to warn about: whatever did not fit raised, or was re-initialised and logged
+
+    def _check_fit(self, module, state_dict, prefix, *_):
+        own = module.state_dict()
+        given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        prefix_of_layers = module.class_logit_prefix
+        class_keys = sorted(prefix_of_layers + k for k in module.get_submodule(prefix_of_layers[:-1]).state_dict())
+        other_classes = any(k in given and tuple(given[k].shape) != tuple(own[k].shape) for k in class_keys)
+        if self.finetune and other_classes:
+            # a layer is one weight and one bias: both start afresh, even if one of them happened to fit
+            self._left_out = [_describe(k, given, own) for k in class_keys]
+            for k in class_keys:
+                state_dict.pop(prefix + k, None)
+                given.pop(k, None)
+                del own[k]
+        hint = ""
+        if other_classes and not self.finetune:
+            hint = "; to start new class layers from a detector of other classes: MODEL.MUTUAL_GUIDE.FINETUNE True"
+        check_state_dict_fits(
+            own,
+            given,
+            f"Checkpoint {self._loading_path!r} does not fit the configured network (check "
+            f"MODEL.BACKBONE.NAME, MODEL.NECK.NAME, INPUT.SIZE, MODEL.MUTUAL_GUIDE.NUM_CLASSES{hint})",
+        )
+
+    def _restart_class_layers(self):
+        self.model.reset_class_logits()
+        if comm.get_world_size() > 1:
+            # every process drew its own random weights: all start from the main process's, as DDP's own
+            # construction-time broadcast would have done
+            for param in self.model.get_submodule(self.model.class_logit_prefix[:-1]).parameters():
+                torch.distributed.broadcast(param.data, src=0)
+        logger.warning(
+            "Fine-tuning from %r (MODEL.MUTUAL_GUIDE.FINETUNE): every other tensor loaded; these %d class-logit "
+            "tensors re-initialised with the prior probability 0.01:\n  %s",
+            self._loading_path,
+            len(self._left_out),
+            "\n  ".join(self._left_out),
+        )
+
+
+def _describe(key, given, own):
+    shape = f"{tuple(given[key].shape)} in the file" if key in given else "missing from the file"
+    return f"{key}: {shape}, {tuple(own[key].shape)} in the model"

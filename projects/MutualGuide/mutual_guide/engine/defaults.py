@@ -1,0 +1,50 @@
+"""The set-up of a run from the command line, shared by train_net.py, demo.py and the tools."""
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils.logger import setup_logger
+
+from mutual_guide.config import add_mutual_guide_config
+from mutual_guide.data import check_dataset_paths, register_custom_datasets
+from mutual_guide.engine import preflight
+
+__all__ = ["argument_parser", "setup"]
+
+
+def argument_parser():
+    """detectron2's default_argument_parser, plus --overwrite-output-dir."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="start a new training run in an OUTPUT_DIR that holds another run (refused otherwise)",
+    )
+    return parser
+
+
+def setup(args):
+    """
+    Config from file and command line, checked; the output folder (refused for a new run when it holds
+    another one); logging; and the datasets the config declares. `args` may come from detectron2's own
+    default_argument_parser (no --overwrite-output-dir: then False).
+    """
+    cfg = get_cfg()
+    add_mutual_guide_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    preflight.check_config(cfg, training=not args.eval_only)
+    if args.eval_only:
+        preflight.check_weights_for_inference(cfg, resume=args.resume)
+    replaced = preflight.check_output_dir(
+        cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only,
+        overwrite=getattr(args, "overwrite_output_dir", False),
+    )
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutual_guide")
+    preflight.set_aside_previous_run(cfg.OUTPUT_DIR, replaced)
+    register_custom_datasets(cfg)
+    preflight.check_dataset_names(cfg, training=not args.eval_only)
+    # A missing dataset folder stops the run now, naming the path and the expected layout.
+    check_dataset_paths(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    return cfg

@@ -1,0 +1,132 @@
+"""The project's trainer: detectron2's DefaultTrainer with the project's data, evaluation and checkpoints."""
+import logging
+import os
+import weakref
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
+
+from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
+from mutual_guide.data import build_dataset_mapper
+from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
+from mutual_guide.engine.devices import check_amp_supported, convert_sync_batchnorm
+from mutual_guide.engine.hooks import BestModelCheckpointer
+from mutual_guide.engine.preflight import check_num_classes
+from mutual_guide.evaluation import build_dataset_evaluator
+from mutual_guide.modeling.backbone import load_pretrained_backbone
+from mutual_guide.solver import build_lr_scheduler
+from mutual_guide.utils.atomic_io import AtomicJSONWriter, remove_stale_temporaries
+from mutual_guide.utils.detectron2_compat import ddp_without_device_ids
+
+__all__ = ["Trainer", "load_imagenet_backbone"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_imagenet_backbone(backbone, cfg):
+    """The paper's initialisation: ImageNet weights into the backbone, as MODEL.BACKBONE.PRETRAINED says."""
+    spec = cfg.MODEL.BACKBONE.PRETRAINED
+    load_pretrained_backbone(backbone, cfg.MODEL.BACKBONE.NAME, spec)
+    logger.info("Backbone %s initialised from %s", cfg.MODEL.BACKBONE.NAME, spec)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the project's data mapper (detectron2's for its own detectors), evaluators, strict checkpointer and CPU-capable DDP."""
+
+    def __init__(self, cfg):
+        check_amp_supported(cfg)
+        # Every dataset of the run is checked before anything is built, so that a bad image or annotation
+        # stops the run now rather than at the iteration that samples it or at the final evaluation.
+        check_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        if comm.is_main_process():
+            remove_stale_temporaries(cfg.OUTPUT_DIR)
+        if torch.device(cfg.MODEL.DEVICE).type == "cpu" and comm.get_world_size() > 1:
+            with ddp_without_device_ids():  # DDP refuses device_ids for a module on the CPU (gloo)
+                super().__init__(cfg)
+        else:
+            super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        return convert_sync_batchnorm(model, cfg)
+
+    def resume_or_load(self, resume=True):
+        """
+        Resume from OUTPUT_DIR's last checkpoint, else load MODEL.WEIGHTS, else start from the ImageNet
+        backbone named by MODEL.BACKBONE.PRETRAINED (the paper's initialisation) or from scratch.
+        """
+        if (resume and self.checkpointer.has_checkpoint()) or self.cfg.MODEL.WEIGHTS:
+            return super().resume_or_load(resume=resume)
+        if self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE:
+            raise ValueError("MODEL.MUTUAL_GUIDE.FINETUNE True needs MODEL.WEIGHTS: the detector to fine-tune from")
+        if self.cfg.MODEL.BACKBONE.PRETRAINED:
+            load_imagenet_backbone(self._unwrapped_model.backbone, self.cfg)
+        self.start_iter = 0
+
+    @property
+    def _unwrapped_model(self):
+        return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
+
+    def build_hooks(self):
+        """detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation."""
+        # DefaultTrainer.__init__ makes a DetectionCheckpointer right before it calls this, and the checkpointing
+        # hooks keep the one they are given: ours (weights must fit the network, or FINETUNE) replaces it first.
+        self.checkpointer = MutualGuideCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, finetune=self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
+        )
+        ret = super().build_hooks()
+        if self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST) and comm.is_main_process():
+            # right after the evaluation that stores the metric
+            after_eval = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+            best = BestModelCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.TEST.BEST_METRIC)
+            ret.insert(after_eval, best)
+        return ret
+
+    def build_writers(self):
+        """detectron2's default writers, with metrics.json written atomically (utils/atomic_io.AtomicJSONWriter)."""
+        return [
+            CommonMetricPrinter(self.max_iter),
+            AtomicJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR),
+        ]
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """The checked records of DATASETS.TRAIN, in DATASETS.BOX_CONVENTION (data/loading.py)."""
+        # detectron2's loader passes extra keywords on to torch's DataLoader; pinning needs a CUDA device.
+        pin_memory = cfg.DATALOADER.PIN_MEMORY and cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
+        loader = build_detection_train_loader(
+            cfg,
+            dataset=training_dataset_dicts(cfg),
+            mapper=build_dataset_mapper(cfg, is_train=True),
+            pin_memory=pin_memory,
+        )
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
+        return loader
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """The paper's warm-up and cosine ("WarmupCosineFloorLR", solver.py) or detectron2's."""
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        dataset = test_dataset_dicts(cfg, dataset_name)
+        loader = build_detection_test_loader(
+            dataset,
+            mapper=build_dataset_mapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+        )
+        check_num_classes(cfg, [dataset_name])
+        return loader
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """VOC evaluator (AP .50:.95, AP50, AP75) or COCO evaluator, by the dataset's `evaluator_type`."""
+        return build_dataset_evaluator(cfg, dataset_name, output_folder)

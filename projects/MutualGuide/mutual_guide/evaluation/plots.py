@@ -1,0 +1,98 @@
+"""
+The evaluation report's two pictures (evaluation_report.py), drawn with matplotlib's Agg canvas on a Figure of
+their own: no pyplot, so no global backend or figure state is touched (the Visualizer and the trainer share
+the process). Classes have the colours of the drawings (drawing.PALETTE).
+"""
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mutual_guide.utils.drawing import PALETTE
+
+__all__ = ["plot_confusion_matrix", "plot_pr_curves"]
+
+_MAX_CURVES_IN_LEGEND = 20  # more classes: only the 5 best and 5 worst are named
+_MAX_CELLS_WITH_COUNTS = 30  # a larger matrix has no room to write its counts
+
+
+def _save(figure, path):
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=110)
+
+
+def plot_pr_curves(path, dataset_name, results):
+    """Precision against recall at IoU 0.5, one curve per class with ground truth, and their mean."""
+    figure = Figure(figsize=(10, 6.5), layout="constrained")
+    ax = figure.add_subplot()
+    ap50 = np.asarray(results.ap["AP50"], dtype=np.float64)
+    recall = np.linspace(0.0, 1.0, results.precision.shape[1])  # the report's recall grid, evenly spaced from 0 to 1
+    defined = [k for k in range(len(results.names)) if np.isfinite(results.precision[k]).all()]
+    named = defined
+    if len(defined) > _MAX_CURVES_IN_LEGEND:  # the others thin and unnamed, under the named ones
+        ranked = sorted(defined, key=lambda k: -ap50[k])
+        named = ranked[:5] + ranked[-5:]
+        for k in ranked[5:-5]:
+            ax.plot(recall, results.precision[k], color=PALETTE[k % len(PALETTE)], linewidth=0.8, alpha=0.35)
+    for k in named:
+        ax.plot(recall, results.precision[k], color=PALETTE[k % len(PALETTE)], linewidth=1.6,
+                label=f"{results.names[k]} (AP50 {ap50[k]:.1f})")
+    if defined:
+        mean_curve = np.mean(results.precision[defined], axis=0)
+        mean_ap50 = results.mean("AP50")
+        about = f"AP50 {mean_ap50:.1f}" if np.isfinite(mean_ap50) else "the metric's AP50 is NaN"
+        ax.plot(recall, mean_curve, color="black", linewidth=2.8, linestyle="--",
+                label=f"mean of {len(defined)} classes ({about})")
+    missing = len(results.names) - len(defined)
+    title = "classes" if len(named) == len(defined) else f"5 best and 5 worst of {len(defined)} classes"
+    if missing:
+        title += f"\n({missing} without ground truth, not drawn)"
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Recall", fontsize=13)
+    ax.set_ylabel("Precision", fontsize=13)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Precision-recall at IoU 0.5 on {dataset_name}\n{results.metric}", fontsize=14)
+    if defined:
+        ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=11, title_fontsize=11)
+    else:
+        ax.text(0.5, 0.5, "no class has ground truth", ha="center", va="center", fontsize=14)
+    _save(figure, path)
+
+
+def plot_confusion_matrix(path, dataset_name, labels, counts, iou_threshold, score_threshold):
+    """
+    The counts of confusion_matrix (rows: ground truth, columns: prediction, background last), coloured by
+    their share of the row and written in the cells.
+    """
+    counts = np.asarray(counts)
+    n = len(labels)
+    many = n > _MAX_CELLS_WITH_COUNTS
+    side = 0.3 * n + 4.0 if many else max(6.5, 0.5 * n + 3.5)  # inches; 81 COCO labels need 0.3 each
+    figure = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = figure.add_subplot()
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    shown = np.ma.masked_array(share, mask=np.zeros_like(share, dtype=bool))
+    shown.mask[-1, -1] = True  # background detected as background is not counted
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0)
+    colourbar = figure.colorbar(image, ax=ax, shrink=0.4 if many else 0.8)
+    colourbar.set_label("share of its row", fontsize=16 if many else 11)
+    tick_size = 12 if n <= 12 else 9 if not many else 8
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_size)
+    ax.set_yticks(range(n), labels, fontsize=tick_size)
+    ax.set_xlabel("Predicted class", fontsize=18 if many else 13)
+    ax.set_ylabel("Ground-truth class", fontsize=18 if many else 13)
+    if not many:
+        for row in range(n):
+            for col in range(n):
+                if row == col == n - 1:
+                    continue
+                ax.text(col, row, str(int(counts[row, col])), ha="center", va="center",
+                        fontsize=tick_size, color="white" if share[row, col] > 0.5 else "black")
+    ax.set_title(
+        f"Confusion matrix on {dataset_name}: IoU \u2265 {iou_threshold:g}, score \u2265 {score_threshold:g}\n"
+        "background row: detections of no object; background column: objects not detected",
+        fontsize=20 if many else 12,
+    )
+    _save(figure, path)

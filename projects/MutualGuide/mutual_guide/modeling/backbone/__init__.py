@@ -1,0 +1,91 @@
+"""Backbones of the authors' detector, registered in detectron2's BACKBONE_REGISTRY.
+
+Each returns two maps, {"s8": stride 8, "s16": stride 16}. Module names equal the authors' (and, for the
+ImageNet parts, torchvision's or RepVGG's official ones), so both kinds of checkpoints load by name.
+"""
+import os
+from typing import Dict, Sequence
+
+import torch
+from torch import Tensor
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+
+from mutual_guide.checkpoint.state_dict import check_state_dict_fits, unwrap_state_dict
+
+__all__ = ["TwoMapBackbone", "load_pretrained_backbone"]
+
+
+class TwoMapBackbone(Backbone):
+    """
+    Base of the four backbones: `forward(x)` returns {"s8": ..., "s16": ...} from `features(x)`.
+
+    Subclasses define `features(x) -> (s8, s16)`, `imagenet_to_ours(sd)` (rename an ImageNet classifier's
+    state dict to ours, dropping its classifier) and `torchvision_state_dict()`.
+    """
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        self._out_features = ["s8", "s16"]
+        self._out_feature_channels = {"s8": channels[0], "s16": channels[1]}
+        self._out_feature_strides = {"s8": 8, "s16": 16}
+
+    def features(self, x: Tensor):
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        s8, s16 = self.features(x)
+        return {"s8": s8, "s16": s16}
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+    @staticmethod
+    def imagenet_to_ours(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return sd
+
+    def torchvision_state_dict(self) -> Dict[str, Tensor]:
+        raise ValueError(f"{type(self).__name__} has no torchvision ImageNet weights; give a local file instead")
+
+
+def check_input_shape(input_shape: ShapeSpec, name: str):
+    if input_shape.channels not in (None, 3):
+        raise ValueError(f"{name} takes 3-channel images, got {input_shape.channels} channels")
+
+
+def load_pretrained_backbone(backbone: TwoMapBackbone, name: str, spec: str) -> None:
+    """
+    ImageNet initialisation of `backbone` (in place), as MODEL.BACKBONE.PRETRAINED says:
+    "" -> nothing; "torchvision" -> torchvision's published weights through torchvision's own downloader
+    (needs network access or torchvision's cache); anything else -> path of a local file holding a
+    torchvision-style (RepVGG: official-style) classifier state dict. The classifier is dropped; any other
+    key that is missing, unexpected or of the wrong shape is a CheckpointMismatchError naming the file and the keys.
+    """
+    if not spec:
+        return
+    if spec == "torchvision":
+        source = f"torchvision's {name} ImageNet weights"
+        try:
+            sd = backbone.torchvision_state_dict()
+        except ValueError:  # the backbone has no such weights (RepVGG): the message already says so
+            raise
+        except Exception as e:  # network errors come in many types
+            raise RuntimeError(
+                f"Could not fetch {source} ({e}). Without network access, download the file elsewhere and set "
+                "MODEL.BACKBONE.PRETRAINED to its local path."
+            ) from e
+    else:
+        source = repr(spec)
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAINED file {spec!r} does not exist")
+        sd = unwrap_state_dict(torch.load(spec, map_location="cpu", weights_only=True))
+    sd = backbone.imagenet_to_ours(sd)
+    check_state_dict_fits(backbone.state_dict(), sd, f"Pretrained weights {source} do not fit backbone {name}")
+    backbone.load_state_dict(sd, strict=False)  # torchvision's files may lack num_batches_tracked
+
+
+from mutual_guide.modeling.backbone import repvgg, resnet, shufflenet, vgg  # noqa: E402,F401  (register the backbones)

@@ -1,0 +1,82 @@
+"""ShuffleNetV2 1.0x without the stem max-pool: stage3 at stride 8, stage4 at stride 16."""
+from typing import Dict
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.shufflenetv2 import InvertedResidual
+
+from detectron2.modeling import BACKBONE_REGISTRY
+
+from mutual_guide.modeling.backbone import TwoMapBackbone, check_input_shape
+
+__all__ = ["ShuffleNetV2Backbone", "channel_shuffle"]
+
+_REPEATS = (4, 8, 4)
+_CHANNELS = (24, 116, 232, 464)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """
+    torchvision's channel shuffle (channel j * groups + i of the output is channel i * (C / groups) + j of the
+    input), in the memory layout of `x`. torchvision's always returns an NCHW tensor; in a network that runs in
+    NHWC (MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES) every unit then converted back and forth, in the forward and
+    the backward pass.
+    """
+    n, c, h, w = x.shape
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+    return nhwc.permute(0, 3, 1, 2)
+
+
+class _InvertedResidual(InvertedResidual):
+    """torchvision's unit (same modules, same state dict keys) with the layout-keeping `channel_shuffle`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2Backbone(TwoMapBackbone):
+    """
+    torchvision's shufflenet_v2_x1_0 names (`conv1`, `stage2`..`stage4` of torchvision InvertedResidual units)
+    without the max-pool, `conv5` and the classifier: stage3 (232 channels) at stride 8, stage4 (464) at 16.
+    """
+
+    def __init__(self):
+        super().__init__((_CHANNELS[2], _CHANNELS[3]))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, _CHANNELS[0], 3, 2, 1, bias=False), nn.BatchNorm2d(_CHANNELS[0]), nn.ReLU(inplace=True)
+        )
+        in_channels = _CHANNELS[0]
+        for name, repeats, out_channels in zip(("stage2", "stage3", "stage4"), _REPEATS, _CHANNELS[1:]):
+            units = [_InvertedResidual(in_channels, out_channels, 2)]
+            units += [_InvertedResidual(out_channels, out_channels, 1) for _ in range(repeats - 1)]
+            setattr(self, name, nn.Sequential(*units))
+            in_channels = out_channels
+
+    def features(self, x: Tensor):
+        x = self.stage2(self.conv1(x))
+        s8 = self.stage3(x)
+        return s8, self.stage4(s8)
+
+    @staticmethod
+    def imagenet_to_ours(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """torchvision's keys are ours; `conv5.*` and the classifier `fc.*` are dropped."""
+        return {k: v for k, v in sd.items() if not k.startswith(("conv5.", "fc."))}
+
+    def torchvision_state_dict(self):
+        from torchvision.models import ShuffleNet_V2_X1_0_Weights
+
+        return ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+
+
+@BACKBONE_REGISTRY.register()
+def ShuffleNetV2(cfg, input_shape):
+    """Registered as "ShuffleNetV2": ShuffleNetV2 1.0x without max-pool, 232 / 464 channels at strides 8 / 16."""
+    check_input_shape(input_shape, "ShuffleNetV2")
+    return ShuffleNetV2Backbone()

@@ -1,0 +1,82 @@
+"""
+Drawing boxes with detectron2's Visualizer at a size where a person reads the labels: one helper for
+demo.py, the evaluation's TEST.DRAW (evaluation/drawer.py) and tools/browse_dataset.py.
+
+A drawing is at least `min_width` (512) pixels wide: smaller images are enlarged by the Visualizer's own
+scale. Its longest side is at most MAX_DRAWING_SIDE (2048) pixels: larger images are reduced with
+cv2.INTER_AREA first, because matplotlib renders the Visualizer's canvas through float64 copies, about 110
+bytes per pixel of the drawing (measured: 0.47 GB at 2048 x 2048, 1.8 GB at 4096 x 4096; a 12000 x 12000
+photo drawn whole would need some 16 GB). Labels start at 14 points on the drawing and grow with their box
+(the Visualizer draws them at 0.6 to 1 times its base size).
+"""
+
+import cv2
+import numpy as np
+
+from detectron2.utils.colormap import colormap
+from detectron2.utils.visualizer import Visualizer
+
+from mutual_guide.utils.detectron2_compat import set_visualizer_font_size, visualizer_font_size
+
+__all__ = ["MAX_DRAWING_SIDE", "PALETTE", "class_labels", "draw_boxes", "draw_predictions"]
+
+MAX_DRAWING_SIDE = 2048
+MIN_DRAWING_WIDTH = 512
+_LABEL_POINTS = 14  # base label size on the drawing; the Visualizer's own shrinks to 8 points on enlarged images
+PALETTE = colormap(rgb=True, maximum=1)  # detectron2's 74 distinct colours, one per class id
+
+
+def class_labels(classes, metadata, scores=None):
+    """'name' (or 'name 87%' with scores) of each class id; the id itself when the metadata has no names."""
+    names = metadata.get("thing_classes", None) if metadata is not None else None
+    labels = [names[c] if names is not None and 0 <= c < len(names) else str(c) for c in classes]
+    if scores is not None:
+        labels = [f"{label} {score * 100:.0f}%" for label, score in zip(labels, scores)]
+    return labels
+
+
+def _within_max_side(image, boxes):
+    """(image, XYXY boxes) reduced to MAX_DRAWING_SIDE pixels on the longest side when larger."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    height, width = image.shape[:2]
+    if max(height, width) <= MAX_DRAWING_SIDE:
+        return image, boxes
+    shrink = MAX_DRAWING_SIDE / max(height, width)
+    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+    boxes = boxes * np.array([size[0] / width, size[1] / height] * 2)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), boxes
+
+
+def draw_boxes(image_rgb, boxes, classes, metadata, labels=None, min_width=MIN_DRAWING_WIDTH):
+    """
+    The XYXY boxes (the image's pixels) with their labels (default: the class names of `metadata`), one
+    colour per class, on an RGB image; returns the RGB drawing, sized as the module docstring says.
+    """
+    classes = [int(c) for c in classes]
+    image_rgb, boxes = _within_max_side(image_rgb, boxes)
+    height, width = image_rgb.shape[:2]
+    # enlarged to min_width, unless a very narrow image would then pass MAX_DRAWING_SIDE in height
+    scale = max(1.0, min(min_width / width, MAX_DRAWING_SIDE / max(height, width)))
+    visualizer = Visualizer(image_rgb, metadata, scale=scale)
+    # The Visualizer's base font, in the image's pixels, is max(sqrt(H * W) // 90, 10 // scale): it shrinks as
+    # the scale grows, to 8 points on a 128-pixel image drawn 4x. At least 14 points on the drawing instead; a
+    # label is drawn at 0.6 to 1 times this, growing with its box, so it stays smaller than the object it names.
+    set_visualizer_font_size(visualizer, max(visualizer_font_size(visualizer), _LABEL_POINTS / scale))
+    labels = class_labels(classes, metadata) if labels is None else labels
+    colours = [PALETTE[c % len(PALETTE)] for c in classes]
+    return visualizer.overlay_instances(boxes=boxes, labels=labels, assigned_colors=colours).get_image()
+
+
+def draw_predictions(image_bgr, instances, metadata, score_thresh, min_width=MIN_DRAWING_WIDTH):
+    """
+    Draw the predictions scoring at least `score_thresh` on a BGR image, labelled "class 87%"; returns the
+    BGR drawing (sized as the module docstring says). Class names come from `metadata.thing_classes`.
+    """
+    instances = instances.to("cpu")
+    instances = instances[instances.scores >= score_thresh]
+    classes = instances.pred_classes.tolist()
+    labels = class_labels(classes, metadata, instances.scores.tolist())
+    # reduced before the channels are swapped: cv2 copies a reversed-channel view of the full image first
+    image_bgr, boxes = _within_max_side(image_bgr, instances.pred_boxes.tensor.numpy())
+    drawn = draw_boxes(image_bgr[:, :, ::-1], boxes, classes, metadata, labels, min_width)
+    return np.ascontiguousarray(drawn[:, :, ::-1])
