@@ -1,7 +1,7 @@
 """
 The paper's learning-rate rule on detectron2's solver pieces.
 
-The seed (main.py at fd2c4cc, `adjust_learning_rate`) sets, before the step of iteration i,
+The paper's code (main.py at fd2c4cc, `adjust_learning_rate`) sets, before the step of iteration i,
 
     lr(i) = floor + (base - floor) * i / warm                                          i <= warm
     lr(i) = floor + (base - floor) * (1 + cos(pi * (i - warm) / (max_iter - warm))) / 2  i > warm
@@ -14,7 +14,7 @@ WARMUP_FACTOR * BASE_LR, a fraction that would have to change with every BASE_LR
 warm-up factor tied to SOLVER.BASE_LR_END and the interval always rescaled. Any other name goes to detectron2.
 
 Parameter groups and weight decay need nothing of ours: detectron2's `get_default_optimizer_params` with
-WEIGHT_DECAY_NORM = WEIGHT_DECAY_BIAS = 0 gives exactly the seed's `tencent_trick` groups (no decay on 1-D
+WEIGHT_DECAY_NORM = WEIGHT_DECAY_BIAS = 0 gives exactly the paper's `tencent_trick` groups (no decay on 1-D
 tensors and biases) for every backbone and neck of this project; tests/test_solver.py checks that.
 """
 from fvcore.common.param_scheduler import CosineParamScheduler, LinearParamScheduler
@@ -28,7 +28,7 @@ PAPER_LR_SCHEDULER = "WarmupCosineFloorLR"
 
 
 def build_lr_scheduler(cfg, optimizer):
-    """SOLVER.LR_SCHEDULER_NAME "WarmupCosineFloorLR" (the seed's rule, above) or any of detectron2's names."""
+    """SOLVER.LR_SCHEDULER_NAME "WarmupCosineFloorLR" (the paper's rule, above) or any of detectron2's names."""
     if cfg.SOLVER.LR_SCHEDULER_NAME != PAPER_LR_SCHEDULER:
         return build_detectron2_lr_scheduler(cfg, optimizer)
     base, floor, warm, max_iter = (
@@ -43,7 +43,7 @@ def build_lr_scheduler(cfg, optimizer):
         raise ValueError(f"{PAPER_LR_SCHEDULER} needs SOLVER.WARMUP_ITERS >= 0, got {warm}")
     floor_factor = floor / base
     if warm >= max_iter:
-        # A run shorter than its warm-up (a smoke test, say) stays on the seed's warm-up line, as main.py would:
+        # A run shorter than its warm-up (a smoke test, say) stays on the paper's warm-up line, as main.py would:
         # lr(i) = floor + (base - floor) * i / warm for every i < max_iter.
         reached = floor_factor + (1.0 - floor_factor) * max_iter / warm if warm else 1.0
         return LRMultiplier(optimizer, multiplier=LinearParamScheduler(floor_factor, reached), max_iter=max_iter)

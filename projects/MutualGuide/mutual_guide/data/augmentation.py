@@ -1,18 +1,18 @@
 """
-The seed's train-time augmentation (`preproc` in data/data_augment.py at fd2c4cc) on detectron2's
+The paper's train-time augmentation (`preproc` in data/data_augment.py at fd2c4cc) on detectron2's
 Augmentation/Transform API.
 
-Order, as the seed: min-IoU crop -> photometric distortion -> zoom-out -> horizontal flip -> resize to S x S
+Order, as the paper's code: min-IoU crop -> photometric distortion -> zoom-out -> horizontal flip -> resize to S x S
 with one of five OpenCV interpolations. Boxes whose shorter side ends at or under `MIN_BOX_SIDE_RATIO` of the
 image are dropped afterwards (`min_side_keep`); when none is left, the mapper falls back to the original image
 resized, with all its boxes.
 
-The image stays uint8 throughout, as in the seed: the photometric distortion truncates to uint8 after each
+The image stays uint8 throughout, as in the paper's code: the photometric distortion truncates to uint8 after each
 step and goes through OpenCV's uint8 HSV (hue 0-180) once. Transforms cannot drop boxes, so the one step that
 removes objects (the crop keeps the boxes whose centres fall inside it) is carried out by `DetectionAugInput`.
 The seed draws from Python's `random`; here all randomness comes from numpy's global RNG, as in detectron2, so
 `np.random.seed` makes a run repeatable: the samples differ from the seed's, their distributions do not
-(benchmarks/check_seed_augmentation.py measures both).
+(parity/check_paper_augmentation.py measures both).
 """
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ __all__ = [
     "plain_resize",
 ]
 
-# The seed resizes training images with one of these, picked at random per image.
+# The paper's code resizes training images with one of these, picked at random per image.
 CV2_INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_NEAREST, cv2.INTER_LANCZOS4)
 
 
@@ -60,7 +60,7 @@ class ExpandTransform(PadTransform):
 
 
 class CV2ResizeTransform(T.ResizeTransform):
-    """ResizeTransform with an OpenCV interpolation flag (detectron2's takes PIL's), as the seed resizes."""
+    """ResizeTransform with an OpenCV interpolation flag (detectron2's takes PIL's), as the paper's code resizes."""
 
     def apply_image(self, img, interp=None):
         assert img.shape[:2] == (self.h, self.w), (img.shape, (self.h, self.w))
@@ -75,7 +75,7 @@ class CV2ResizeTransform(T.ResizeTransform):
 
 def truncating_lut(alpha=1.0, beta=0.0):
     """
-    The seed's `_convert` as a 256-entry table: v * alpha + beta in float64, clipped to [0, 255] and truncated
+    The paper's `_convert` as a 256-entry table: v * alpha + beta in float64, clipped to [0, 255] and truncated
     (not rounded) to uint8, as assigning floats into its uint8 image does.
     """
     return np.clip(np.arange(256, dtype=np.float64) * alpha + beta, 0, 255).astype(np.uint8)
@@ -83,11 +83,11 @@ def truncating_lut(alpha=1.0, beta=0.0):
 
 class PhotometricTransform(Transform):
     """
-    The seed's `_distort` with its random values drawn: brightness (add `brightness`), then contrast (multiply by
+    The paper's `_distort` with its random values drawn: brightness (add `brightness`), then contrast (multiply by
     `contrast`), each truncated to uint8; then BGR -> HSV (OpenCV uint8: hue 0-179, saturation 0-255), hue
     moved by the integer `hue` modulo 180, saturation multiplied by `saturation` and truncated, and back to BGR.
-    A None value skips its step; the HSV round trip happens in any case, as in the seed (it is lossy).
-    Per-pixel steps are 256-entry tables (cv2.LUT): the same numbers as the seed's float64 arithmetic.
+    A None value skips its step; the HSV round trip happens in any case, as in the paper's code (it is lossy).
+    Per-pixel steps are 256-entry tables (cv2.LUT): the same numbers as the paper's float64 arithmetic.
     """
 
     def __init__(self, brightness=None, contrast=None, hue=None, saturation=None):
@@ -122,15 +122,15 @@ class PhotometricTransform(Transform):
 # ----------------------------------------------------------------------------- augmentations
 class RandomMinIoUCrop(T.Augmentation):
     """
-    The seed's `_crop`. Pick a mode at random among {no crop, IoU >= 0.1, 0.3, 0.5, 0.7, 0.9, unconstrained};
+    The paper's `_crop`. Pick a mode at random among {no crop, IoU >= 0.1, 0.3, 0.5, 0.7, 0.9, unconstrained};
     try up to 50 crops for it, then pick a new mode. A crop has scale s ~ U(0.3, 1) and aspect r with
     r^2 ~ U(max(0.5, s^2), min(2, 1 / s^2)); its sides are int(s r W) x int(s / r H) and its offsets integers,
-    uniform in [0, W - w) and [0, H - h) (the seed's `random.randrange`). It is accepted when every box has at
+    uniform in [0, W - w) and [0, H - h) (the paper's `random.randrange`). It is accepted when every box has at
     least the mode's IoU with it and at least one box centre lies strictly inside it.
 
     detectron2's MinIoURandomCrop samples the two sides independently (another distribution of crops), so it
     is not used. The 50 trials of a mode are drawn at once and the first acceptable one taken: the trials are
-    independent, so this is the seed's distribution.
+    independent, so this is the paper's distribution.
     """
 
     MODES = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -np.inf)  # None: no crop; -inf: no IoU constraint
@@ -152,7 +152,7 @@ class RandomMinIoUCrop(T.Augmentation):
             ratio = np.sqrt(np.random.uniform(np.maximum(0.5, scale**2), np.minimum(2.0, 1.0 / scale**2)))
             w = (scale * ratio * width).astype(np.int64)
             h = (scale / ratio * height).astype(np.int64)
-            # the seed's randrange(n) is uniform on 0..n-1; at n = 0 it raises, here the offset is 0
+            # the paper's randrange(n) is uniform on 0..n-1; at n = 0 it raises, here the offset is 0
             left = (np.random.random_sample(self.trials) * (width - w)).astype(np.int64)
             top = (np.random.random_sample(self.trials) * (height - h)).astype(np.int64)
             rois = np.stack([left, top, left + w, top + h], axis=1).astype(np.float64)
@@ -165,7 +165,7 @@ class RandomMinIoUCrop(T.Augmentation):
 
 
 def _iou(boxes, rois):
-    """IoU of every box (N x 4) with every roi (K x 4), N x K, as the seed's `matrix_iou` (areas without +1).
+    """IoU of every box (N x 4) with every roi (K x 4), N x K, as the paper's `matrix_iou` (areas without +1).
     Numpy over all trials at once; detectron2's pairwise_iou would need torch tensors for every crop."""
     lt = np.maximum(boxes[:, None, :2], rois[None, :, :2])
     rb = np.minimum(boxes[:, None, 2:], rois[None, :, 2:])
@@ -177,8 +177,8 @@ def _iou(boxes, rois):
 
 class PhotometricDistortion(T.Augmentation):
     """
-    The seed's `_distort`: brightness shift U(-`brightness_delta`, +) and contrast scale U(`contrast`), then in
-    HSV an integer hue shift in [-`hue_delta`, `hue_delta`] OpenCV units (2 degrees each: the seed's 18 is 36
+    The paper's `_distort`: brightness shift U(-`brightness_delta`, +) and contrast scale U(`contrast`), then in
+    HSV an integer hue shift in [-`hue_delta`, `hue_delta`] OpenCV units (2 degrees each: the paper's 18 is 36
     degrees) and a saturation scale U(`saturation`), each with probability 1/2, always in that order.
     """
 
@@ -199,7 +199,7 @@ def _coin():
 
 class RandomExpand(T.Augmentation):
     """
-    The seed's `_expand` (zoom-out): with probability `prob`, paste the image at a random integer position of a
+    The paper's `_expand` (zoom-out): with probability `prob`, paste the image at a random integer position of a
     canvas filled with `fill` (the pixel mean, one value per channel). The canvas has scale s ~ U(1, max_ratio)
     and aspect r with r^2 ~ U(max(0.5, 1 / s^2), min(2, s^2)): its sides are int(s r W) x int(s / r H), so its
     area is s^2 times the image's while its shape may differ from the image's.
@@ -212,7 +212,7 @@ class RandomExpand(T.Augmentation):
         if np.random.random_sample() > self.prob:
             return NoOpTransform()
         h, w = image.shape[:2]
-        while True:  # the seed's retry; r^2 in [1 / s^2, s^2] keeps both factors >= 1 but for rounding
+        while True:  # the paper's retry; r^2 in [1 / s^2, s^2] keeps both factors >= 1 but for rounding
             scale = np.random.uniform(1.0, self.max_ratio)
             ratio = np.sqrt(np.random.uniform(max(0.5, 1.0 / scale**2), min(2.0, scale**2)))
             if scale * ratio >= 1 and scale / ratio >= 1:
@@ -237,14 +237,14 @@ class RandomInterpolationResize(T.Augmentation):
 
 
 def plain_resize(size):
-    """The seed's test preprocessing as an Augmentation (boxes follow): the pixels of `resize.resize_to_input`."""
+    """The paper's test preprocessing as an Augmentation (boxes follow): the pixels of `resize.resize_to_input`."""
     return RandomInterpolationResize(size, interps=(cv2.INTER_LINEAR,))
 
 
 def build_augmentation(cfg, is_train):
     """
-    The augmentations of one image: the seed's recipe at train time with INPUT.MG_AUGMENT, else only the
-    resize to INPUT.SIZE with cv2.INTER_LINEAR (the seed's test preprocessing).
+    The augmentations of one image: the paper's recipe at train time with INPUT.MG_AUGMENT, else only the
+    resize to INPUT.SIZE with cv2.INTER_LINEAR (the paper's test preprocessing).
     """
     size = cfg.INPUT.SIZE
     if not (is_train and cfg.INPUT.MG_AUGMENT):
@@ -261,7 +261,7 @@ def build_augmentation(cfg, is_train):
 # ----------------------------------------------------------------------------- boxes through the augmentations
 class DetectionAugInput(T.AugInput):
     """
-    AugInput whose boxes follow the seed's rules: a CropTransform keeps only the boxes whose centres fall
+    AugInput whose boxes follow the paper's rules: a CropTransform keeps only the boxes whose centres fall
     strictly inside the crop, and after every transform boxes are clipped to the image.
     `self.kept` holds, for each remaining box, its index in the input boxes (to select classes with).
     """
@@ -293,7 +293,7 @@ class DetectionAugInput(T.AugInput):
 def min_side_keep(boxes, image_size, min_side_ratio):
     """
     Mask of the boxes (N x 4 XYXY) kept: the shorter side, relative to the image side along it, must be more
-    than `min_side_ratio` (strictly, as the seed's `np.minimum(b_w, b_h) > 0.01`). `image_size` is (h, w).
+    than `min_side_ratio` (strictly, as the paper's `np.minimum(b_w, b_h) > 0.01`). `image_size` is (h, w).
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     h, w = image_size

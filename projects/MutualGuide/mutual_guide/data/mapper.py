@@ -97,9 +97,9 @@ class MutualGuideDatasetMapper:
             min_box_side_ratio: boxes whose shorter side is not more than this fraction of the image side are
                 dropped after augmentation.
             size: the input side (test-time resize).
-            fallback_resize: the resize of images without objects and of the fall-back; the seed's picks a
+            fallback_resize: the resize of images without objects and of the fall-back; the paper's code picks a
                 random interpolation. Default: cv2.INTER_LINEAR.
-            train_crowd_boxes: train crowd annotations as ordinary objects (the seed's COCO loader does).
+            train_crowd_boxes: train crowd annotations as ordinary objects (the paper's COCO loader does).
         """
         self.is_train = is_train
         self.augmentations = augmentations

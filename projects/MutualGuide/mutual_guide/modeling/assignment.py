@@ -49,7 +49,7 @@ class AnchorLabels(NamedTuple):
     reg_idx: long, index into G of the box a regression positive regresses to (meaningless elsewhere).
     cls_idx: long, index into G of the box whose class labels a positive or ignored anchor (meaningless elsewhere).
     ignored_class: long, at an ignored anchor the class of `cls_idx`'s box, C elsewhere. Read by the loss only under
-        the "class" ignore rule (an ignored anchor leaves out that class's score only); under the seed's "anchor"
+        the "class" ignore rule (an ignored anchor leaves out that class's score only); under the paper's "anchor"
         rule an ignored anchor has no classification term at all.
     """
 

@@ -82,7 +82,7 @@ class _SigmoidFocalLossSum(torch.autograd.Function):
             per_anchor = per_anchor - grad.gather(-1, ignored_idx).squeeze(-1) * ignored
             trained = None
         else:
-            # the seed: an ignored anchor has no classification term at all
+            # the paper's code: an ignored anchor has no classification term at all
             trained = cls_labels != -1
             per_anchor = per_anchor * trained
 
@@ -135,7 +135,7 @@ def sigmoid_focal_loss_sum(
         -(1 - alpha) p^gamma log(1 - p)        for every other score,
 
     except at ignored anchors (cls_labels == -1), which `ignore` decides:
-        "anchor": all C scores of an ignored anchor are left out (the seed, fd2c4cc's multibox_loss.py, where the
+        "anchor": all C scores of an ignored anchor are left out (the paper's code, fd2c4cc's multibox_loss.py, where the
                   classification loss runs over positive and negative anchors only);
         "class":  only the score of `ignored_class` is left out, the other C - 1 are trained as negatives (the
                   authors' later code, from commit a192256).

@@ -4,8 +4,8 @@ folder (".<name>.<random>.tmp"), is flushed to disk, and replaces the target wit
 on POSIX and Windows. A process killed mid-write leaves the previous file (or none) and a temporary file,
 removed by `remove_stale_temporaries` when the next run starts.
 
-Used by the checkpointer (checkpoints and `last_checkpoint`, through `AtomicWritePathManager`) and by
-`AtomicJSONWriter` (metrics.json).
+Used by the checkpointer (checkpoints and `last_checkpoint`, through `AtomicWritePathManager`). metrics.json
+only ever grows: `AtomicJSONWriter` appends whole lines and cuts a torn last line when it opens the file.
 """
 import glob
 import logging
@@ -94,20 +94,20 @@ class AtomicWritePathManager:
         return getattr(self._inner, name)
 
 
-class _AtomicAppendFile:
+class _LineAppendFile:
     """
-    What JSONWriter writes metrics.json with: lines written are kept and, at each flush(), the whole file
-    (what it held before plus every line since) replaces metrics.json atomically. A kill therefore never
-    leaves half a line. It has no fileno(), so JSONWriter's os.fsync is skipped (AtomicFile syncs instead).
+    What JSONWriter writes metrics.json with: whole lines appended, each flush() one write followed by fsync,
+    so the file grows linearly (rewriting it whole at every flush is quadratic over a long run). A process
+    killed in the middle of a write can leave at most one torn last line: opening the file cuts it, so a
+    resumed run appends after the last complete line and readers never see half a record followed by more.
     """
 
     def __init__(self, path):
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                self._content = f.read()
-        except FileNotFoundError:
-            self._content = b""
+        cut = _cut_torn_last_line(path)
+        if cut:
+            logger.warning(f"{path}: cut its torn last line ({cut} bytes) left by an interrupted write")
+        self._file = open(path, "ab")
         self._pending = []
 
     def write(self, text):
@@ -115,20 +115,52 @@ class _AtomicAppendFile:
 
     def flush(self):
         if self._pending:
-            self._content += "".join(self._pending).encode()
+            self._file.write("".join(self._pending).encode())
             self._pending = []
-            write_atomically(self.path, self._content)
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self):
         self.flush()
+        self._file.close()
+
+
+def _cut_torn_last_line(path) -> int:
+    """Truncate `path` after its last newline when it does not end with one; returns the bytes cut."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return 0
+        # read back in blocks until the last newline
+        end, block = size, 4096
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
 
 
 class AtomicJSONWriter(JSONWriter):
-    """detectron2's JSONWriter (same lines, appended to an existing metrics.json) with atomic writes."""
+    """detectron2's JSONWriter (same lines, appended to an existing metrics.json): whole lines only, a torn last
+    line of an interrupted run cut when the file is opened again."""
 
     def __init__(self, json_file, window_size=20):
         # not JSONWriter.__init__: it opens the file in append mode itself
-        init_json_writer(self, _AtomicAppendFile(json_file), window_size)
+        init_json_writer(self, _LineAppendFile(json_file), window_size)
 
 
 def remove_stale_temporaries(folder):

@@ -7,7 +7,7 @@ Conventions (the same as the vectorised code):
 - ties between anchors of one box (best anchor, top-n) go to the lower anchor index;
 - ties between boxes at one anchor go to the lower box index, except that in the IoU baseline a box forcing its
   best anchor overwrites earlier boxes (the authors' loop);
-- an ignored anchor leaves out all its class scores (ignore "anchor", the seed at fd2c4cc) or only the score of
+- an ignored anchor leaves out all its class scores (ignore "anchor", the paper's code at fd2c4cc) or only the score of
   the class it is ignored for (ignore "class", the authors' later code).
 """
 import math

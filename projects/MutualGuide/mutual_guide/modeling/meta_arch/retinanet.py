@@ -13,7 +13,7 @@ What is the paper's (Zhang et al., ACCV 2020, Sec. 3, and the authors' code at f
     predicted probability of its class, as many as its IoU positives;
   * ties and the "each object's best anchor counts" rule of the authors' code (see `MutualGuidanceMatcher`);
   * each loss normalised by the number of anchors it trains: the focal loss by the classification positives,
-    the box loss by the regression positives (the seed's MultiBoxLoss, with the batch's counts).
+    the box loss by the regression positives (the paper's MultiBoxLoss, with the batch's counts).
 What is adapted to RetinaNet (not in the paper, which uses 6 anchors per location, square inputs, a balanced-L1
 box loss and focal gamma 1):
   * detectron2's RetinaNet anchors (9 per location: 3 sizes x 3 aspect ratios, P3-P7), its box transform
@@ -24,9 +24,9 @@ box loss and focal gamma 1):
     per loss, instead of the batch's counts;
   * inputs of several sizes padded into one batch (detectron2's `DatasetMapper` and `ImageList`): the ground
     truth is padded per image (`pad_ground_truth`) and every IoU is measured in the padded batch's pixels (IoU
-    does not depend on the frame, only its last-bit ties may, which the seed's image-side frame decides; there
+    does not depend on the frame, only its last-bit ties may, which the paper's image-side frame decides; there
     is no single image side here);
-  * an ignored anchor leaves out all its class scores, RetinaNet's convention and the seed's (`IGNORE "anchor"`;
+  * an ignored anchor leaves out all its class scores, RetinaNet's convention and the paper's (`IGNORE "anchor"`;
     the authors' later "class" rule is not offered here).
 """
 from typing import List, Optional
@@ -90,7 +90,7 @@ class MutualGuideRetinaNet(RetinaNet):
             if mg.IGNORE != "anchor":
                 raise ValueError(
                     f"MODEL.MUTUAL_GUIDE.IGNORE {mg.IGNORE!r} is not available on MutualGuideRetinaNet, whose ignored "
-                    "anchors leave out all their class scores (RetinaNet's rule, the seed's 'anchor')"
+                    "anchors leave out all their class scores (RetinaNet's rule, the paper's 'anchor')"
                 )
             ret["anchor_matcher"] = MutualGuidanceMatcher(retina.IOU_THRESHOLDS, retina.NUM_CLASSES)
         return ret
