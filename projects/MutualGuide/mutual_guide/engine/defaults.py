@@ -1,4 +1,9 @@
 """The set-up of a run from the command line, shared by train_net.py, demo.py and the tools."""
+import contextlib
+import logging
+import os
+import shutil
+
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
@@ -9,6 +14,28 @@ from mutual_guide.data import check_dataset_paths, register_custom_datasets
 from mutual_guide.engine import preflight
 
 __all__ = ["argument_parser", "setup"]
+
+logger = logging.getLogger(__name__)
+EVAL_CONFIG_NAME = "config_eval.yaml"
+
+
+@contextlib.contextmanager
+def _training_config_kept(output_dir, keep):
+    """
+    detectron2's default_setup writes the run's config to OUTPUT_DIR/config.yaml. For an evaluation (`keep`) in a
+    folder that already has one (a training run's), that file is put back afterwards and the evaluation's config
+    goes to config_eval.yaml beside it. A copy is made first, so a crash in between loses nothing.
+    """
+    path = os.path.join(output_dir, "config.yaml")
+    if not keep or not comm.is_main_process() or not os.path.isfile(path):
+        yield
+        return
+    backup = path + ".before-eval"
+    shutil.copy2(path, backup)
+    yield
+    if os.path.isfile(path):
+        os.replace(path, os.path.join(output_dir, EVAL_CONFIG_NAME))
+    os.replace(backup, path)
 
 
 def argument_parser():
@@ -40,9 +67,15 @@ def setup(args):
         cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only,
         overwrite=getattr(args, "overwrite_output_dir", False),
     )
-    default_setup(cfg, args)
+    # before default_setup writes OUTPUT_DIR/config.yaml: an overwritten run's files are set aside, and an
+    # evaluation in a training folder leaves that run's config.yaml as it was
+    set_aside, suffix = preflight.set_aside_previous_run(cfg.OUTPUT_DIR, replaced)
+    with _training_config_kept(cfg.OUTPUT_DIR, keep=args.eval_only):
+        default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutual_guide")
-    preflight.set_aside_previous_run(cfg.OUTPUT_DIR, replaced)
+    if set_aside:
+        logger.warning(f"--overwrite-output-dir: a new run starts in {cfg.OUTPUT_DIR!r}, which held "
+                       f"{', '.join(replaced)}; its {', '.join(set_aside)} now end in {suffix}")
     register_custom_datasets(cfg)
     preflight.check_dataset_names(cfg, training=not args.eval_only)
     # A missing dataset folder stops the run now, naming the path and the expected layout.

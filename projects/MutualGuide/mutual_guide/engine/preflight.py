@@ -135,18 +135,20 @@ def check_output_dir(output_dir, resume=False, eval_only=False, overwrite=False)
 
 def set_aside_previous_run(output_dir, found):
     """
-    Before an overwriting run: the previous run's metrics.json and last_checkpoint are renamed with a
-    ".replaced-<time>" suffix (kept, no longer read or appended to); its checkpoints stay until replaced.
+    Before an overwriting run writes anything: the previous run's metrics.json, last_checkpoint and config.yaml
+    are renamed with a ".replaced-<time>" suffix (kept, no longer read or appended to); its checkpoints stay
+    until replaced. Returns the names set aside and the suffix, for the log ([] when nothing was).
     """
     if not found or not comm.is_main_process():
-        return
+        return [], ""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for name in ("metrics.json", "last_checkpoint"):
+    moved = []
+    for name in ("metrics.json", "last_checkpoint", "config.yaml"):
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
             os.replace(path, f"{path}.replaced-{stamp}")
-    logger.warning(f"--overwrite-output-dir: a new run starts in {output_dir!r}, which held {', '.join(found)}; "
-                   f"its metrics.json and last_checkpoint now end in .replaced-{stamp}")
+            moved.append(name)
+    return moved, f".replaced-{stamp}"
 
 
 def check_num_classes(cfg, dataset_names):

@@ -14,13 +14,14 @@ runtimes run it natively and any batch size works. In TorchScript it is a script
 calling torchvision's nms, the same kernel `MutualGuideDetector.inference` uses.
 """
 import copy
-import os
 import warnings
 from typing import List, Optional, Tuple
 
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from mutual_guide.utils.atomic_io import atomic_path
 
 __all__ = [
     "ExportableDetector",
@@ -265,8 +266,8 @@ def export_torchscript(
     with torch.no_grad():
         traced = torch.jit.trace(network, example, check_trace=False)
     module = torch.jit.script(add_nms(traced, model)) if with_nms else traced
-    _makedirs_for(path)
-    module.save(path)
+    with atomic_path(path) as temporary:
+        module.save(temporary)
     return path
 
 
@@ -298,14 +299,13 @@ def export_onnx(
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME] + output_names}
-    _makedirs_for(path)
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as temporary, torch.no_grad(), warnings.catch_warnings():
         # tracing runs select_per_class once, whose Python loops the NonMaxSuppression node replaces
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             (example,),
-            path,
+            temporary,
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
@@ -314,8 +314,3 @@ def export_onnx(
             do_constant_folding=True,
         )
     return path
-
-
-def _makedirs_for(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)

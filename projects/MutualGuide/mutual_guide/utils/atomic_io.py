@@ -7,6 +7,7 @@ removed by `remove_stale_temporaries` when the next run starts.
 Used by the checkpointer (checkpoints and `last_checkpoint`, through `AtomicWritePathManager`). metrics.json
 only ever grows: `AtomicJSONWriter` appends whole lines and cuts a torn last line when it opens the file.
 """
+import contextlib
 import glob
 import logging
 import os
@@ -16,7 +17,7 @@ from detectron2.utils.events import JSONWriter
 
 from mutual_guide.utils.detectron2_compat import init_json_writer
 
-__all__ = ["AtomicFile", "AtomicJSONWriter", "AtomicWritePathManager", "remove_stale_temporaries"]
+__all__ = ["AtomicFile", "AtomicJSONWriter", "AtomicWritePathManager", "atomic_path", "remove_stale_temporaries", "write_atomically"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,26 @@ class AtomicFile:
             self.close()
         else:
             self.discard()
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """
+    For writers that take a file name (torch.onnx.export, ScriptModule.save): yields a temporary name in the
+    same folder, which replaces `path` only when the block ends without error; otherwise it is removed. An
+    interrupted export therefore never leaves a truncated file under its final name.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_UMASK)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def write_atomically(path, data: bytes):
