@@ -41,7 +41,7 @@ from mutual_guide.data.coco_reader import read_coco_dataset
 from mutual_guide.data.image_header import read_image_size
 from mutual_guide.engine.predictor import MutualGuidePredictor
 from mutual_guide.engine.preflight import check_config, check_num_classes
-from mutual_guide.utils.atomic_io import AtomicFile
+from mutual_guide.utils.atomic_io import AtomicFile, refuse_to_replace, write_image
 from mutual_guide.utils.drawing import MAX_DRAWING_SIDE, draw_predictions
 
 DEFAULT_FPS = 25.0  # when the source does not say (webcams often report 0)
@@ -129,6 +129,8 @@ def get_parser():
                         help="folder for the drawings (created if needed); for a video, a .mp4/.avi file or a folder")
     parser.add_argument("--dataset", metavar="NAME", help="where class names come from (default: DATASETS.TEST[0])")
     parser.add_argument("--json", metavar="FILE", help="save every prediction drawn into this JSON file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace drawings, --json and video files that already exist (refused otherwise)")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--max-megapixels", type=float, default=150.0,
                         help="larger images are refused before decoding (default 150)")
@@ -208,16 +210,15 @@ class Demo:
     def images(self, patterns, output_dir):
         paths, failures = expand_inputs(patterns)
         self.failures += failures
-        inputs = {os.path.abspath(p) for p in paths}
-        for path, out in zip(paths, output_paths(paths, output_dir)):
+        outs = output_paths(paths, output_dir)
+        # before the first prediction: no drawing over an input, none over an earlier drawing without --overwrite
+        refuse_to_replace(outs, flag="--overwrite", allowed=self.args.overwrite, inputs=paths)
+        for path, out in zip(paths, outs):
             try:
-                if os.path.abspath(out) in inputs:
-                    raise ValueError(f"its drawing would overwrite an input ({out}): choose another --output")
                 image = read_image(path, self.args.max_megapixels)
                 drawing, shown = self.draw(image, path)
                 os.makedirs(os.path.dirname(out), exist_ok=True)
-                if not cv2.imwrite(out, drawing):
-                    raise OSError(f"cannot write the drawing to {out}")
+                write_image(out, drawing)
             except Exception as e:  # one bad file must not stop the others; all are reported at the end
                 self.fail(path, e)
                 continue
@@ -270,9 +271,9 @@ def run_video(demo, args):
     source = args.video_input if args.video_input else "webcam:0"
     try:
         out = video_output(args.output, source if args.video_input else "webcam")
+        refuse_to_replace([out], flag="--overwrite", allowed=args.overwrite,
+                          inputs=[args.video_input] if args.video_input else [])
         if args.video_input:
-            if os.path.abspath(out) == os.path.abspath(args.video_input):
-                raise ValueError(f"the drawing would overwrite the input video ({out}): choose another --output")
             capture = cv2.VideoCapture(args.video_input)
             if not capture.isOpened():
                 raise OSError("cannot open the video (missing, not a video, or a codec OpenCV lacks)")
@@ -284,6 +285,18 @@ def run_video(demo, args):
     except Exception as e:
         demo.fail(source, e)
         return 0
+
+
+def _input_files(args, cfg, metadata):
+    """Every file this demo reads: the images, the video, the config, the weights and the dataset's annotations."""
+    files = [args.config_file, cfg.MODEL.WEIGHTS]
+    if args.input:
+        files += expand_inputs(args.input)[0]
+    if args.video_input:
+        files.append(args.video_input)
+    if metadata is not None:
+        files += [metadata.get(key, "") for key in ("json_file",)]
+    return [f for f in files if f]
 
 
 def write_json(path, demo, cfg, args):
@@ -325,8 +338,18 @@ def main(argv=None):
         metadata = class_metadata(cfg, args.dataset)
     except ValueError as e:
         parser.error(str(e))
+    if args.json:
+        # before anything is predicted: --json names neither an input of the run nor an existing file
+        try:
+            refuse_to_replace([args.json], flag="--overwrite", allowed=args.overwrite,
+                              inputs=_input_files(args, cfg, metadata))
+        except FileExistsError as e:
+            parser.error(f"--json: {e}")
     demo = Demo(cfg, args, metadata)
-    drawn = demo.images(args.input, args.output) if args.input else run_video(demo, args)
+    try:
+        drawn = demo.images(args.input, args.output) if args.input else run_video(demo, args)
+    except FileExistsError as e:
+        parser.error(f"--output: {e}")
     if args.json:
         write_json(args.json, demo, cfg, args)
     if demo.failures:

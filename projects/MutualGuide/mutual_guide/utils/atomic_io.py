@@ -4,7 +4,9 @@ folder (".<name>.<random>.tmp"), is flushed to disk, and replaces the target wit
 on POSIX and Windows. A process killed mid-write leaves the previous file (or none) and a temporary file,
 removed by `remove_stale_temporaries` when the next run starts.
 
-Used by the checkpointer (checkpoints and `last_checkpoint`, through `AtomicWritePathManager`). metrics.json
+Every file the project writes goes through this module: checkpoints and `last_checkpoint` (the checkpointer,
+through `AtomicWritePathManager`), exports (`atomic_path`), the evaluation report and demo.py's drawings and
+--json (`AtomicFile`, `write_atomically`); `refuse_to_replace` is the one rule for what may be written over. metrics.json
 only ever grows: `AtomicJSONWriter` appends whole lines and cuts a torn last line when it opens the file.
 """
 import contextlib
@@ -17,7 +19,7 @@ from detectron2.utils.events import JSONWriter
 
 from mutual_guide.utils.detectron2_compat import init_json_writer
 
-__all__ = ["AtomicFile", "AtomicJSONWriter", "AtomicWritePathManager", "atomic_path", "remove_stale_temporaries", "write_atomically"]
+__all__ = ["AtomicFile", "AtomicJSONWriter", "AtomicWritePathManager", "atomic_path", "refuse_to_replace", "remove_stale_temporaries", "write_atomically", "write_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +92,43 @@ def atomic_path(path):
             os.remove(temporary)
 
 
+def refuse_to_replace(paths, *, flag: str, allowed: bool = False, inputs=()):
+    """
+    The rule for every file a run writes: never over one of its `inputs` (images, annotation files, the config),
+    and never over an existing file unless the user asked for exactly that with `flag` (`allowed`).
+    Raises FileExistsError naming the path(s) and the flag; returns nothing when all may be written.
+    """
+    inputs = {os.path.realpath(p) for p in inputs}
+    paths = list(paths)
+    over_inputs = [p for p in paths if os.path.realpath(p) in inputs]
+    if over_inputs:
+        raise FileExistsError(
+            f"{_listed(over_inputs)} would overwrite an input of this run: choose another output path"
+        )
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not allowed:
+        raise FileExistsError(f"{_listed(existing)} already exist(s): choose another output path, or add {flag} "
+                              "to replace them")
+
+
+def _listed(paths, shown=5):
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(repr(p) for p in paths[:shown]) + more
+
+
 def write_atomically(path, data: bytes):
     with AtomicFile(path, "wb") as f:
         f.write(data)
+
+
+def write_image(path, image) -> None:
+    """An image (as cv2.imwrite takes it) encoded by the file's extension and written atomically."""
+    import cv2
+
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
+    if not ok:
+        raise OSError(f"cannot encode an image for {path}")
+    write_atomically(path, encoded.tobytes())
 
 
 class AtomicWritePathManager:
