@@ -1,5 +1,6 @@
 """The detector's checkpointer: strict loading of whole detectors, fine-tuning, atomic saves."""
 import logging
+import os
 from typing import Dict, Mapping
 
 import torch
@@ -40,6 +41,63 @@ class MutualGuideCheckpointer(DetectionCheckpointer):
         self.finetune = finetune
         self._loading_path = ""
         self.path_manager = AtomicWritePathManager(self.path_manager)
+
+    def get_checkpoint_file(self):
+        """
+        The checkpoint OUTPUT_DIR/last_checkpoint names ("" when there is no such file). fvcore's reads any content
+        as a name: an empty file gives the folder itself, a binary one a UnicodeDecodeError; here both, and a name
+        of a missing file, are errors naming last_checkpoint and what it holds.
+        """
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        try:
+            with open(save_file, "rb") as f:
+                raw = f.read(4096)
+        except FileNotFoundError:
+            return ""
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            name = None
+        remedy = (f"write the file name of one of the checkpoints of {self.save_dir!r} into it, or remove it (then "
+                  "--resume starts from MODEL.WEIGHTS)")
+        if not name or any(c in name for c in "\n\x00/"):
+            what = "is empty" if not raw.strip() else f"holds {raw[:40]!r}"
+            raise ValueError(f"{save_file} should hold the file name of the last checkpoint (such as "
+                             f"model_0004999.pth), but it {what}: {remedy}")
+        path = os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{save_file} names {name!r}, which is not a file of {self.save_dir!r}: {remedy}")
+        return path
+
+    def resume_or_load(self, path, *, resume=True):
+        """detectron2's rule (with `resume` and a last checkpoint, that one, else `path`), saying which, before loading."""
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            if path and os.path.abspath(path) != os.path.abspath(last):
+                logger.warning(
+                    f"--resume and MODEL.WEIGHTS {path!r}: loading {last!r}, the last checkpoint of OUTPUT_DIR "
+                    f"(named in its last_checkpoint), not MODEL.WEIGHTS. To load MODEL.WEIGHTS, leave out --resume "
+                    f"or use another OUTPUT_DIR."
+                )
+            else:
+                logger.info(f"--resume: loading {last!r}")
+        return super().resume_or_load(path, resume=resume)
+
+    def _load_file(self, filename):
+        """detectron2's reading of `filename`, with an error naming the file when it is not a checkpoint."""
+        try:
+            loaded = super()._load_file(filename)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # pickle and torch raise many types on a file that is not theirs (KeyError among them)
+            raise ValueError(
+                f"Cannot read {filename!r} as a checkpoint ({type(e).__name__}: {e}). MODEL.WEIGHTS must be a file "
+                "saved by torch.save: a checkpoint of this project or of detectron2, or the authors' state dict"
+            ) from e
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+            raise ValueError(f"{filename!r} holds no state dict (a dict of tensors, or one under 'model'): got "
+                             f"{type(loaded.get('model') if isinstance(loaded, dict) else loaded).__name__}")
+        return loaded
 
     def load(self, path, *args, **kwargs):
         self._loading_path = path
