@@ -274,12 +274,18 @@ def drawn(monkeypatch):
     overlay, draw_text = Visualizer.overlay_instances, Visualizer.draw_text
 
     def spy_overlay(self, *, boxes=None, labels=None, **kwargs):
-        calls.append({"boxes": np.asarray(boxes) * self.output.scale, "labels": list(labels), "text_px": []})
+        calls.append({"boxes": np.asarray(boxes) * self.output.scale, "labels": list(labels or []), "text_px": [],
+                      "label_corners": [], "note": None})
         return overlay(self, boxes=boxes, labels=labels, **kwargs)
 
     def spy_text(self, text, position, *, font_size=None, **kwargs):
-        # matplotlib sizes text in points at the figure's dpi; the Visualizer multiplies by its scale
-        calls[-1]["text_px"].append((font_size or self._default_font_size) * self.output.scale * self.output.dpi / 72)
+        if isinstance(kwargs.get("color"), str) and kwargs["color"] == "w":  # the corner note of draw_boxes
+            calls[-1]["note"] = text
+        else:
+            # matplotlib sizes text in points at the figure's dpi; the Visualizer multiplies by its scale
+            calls[-1]["text_px"].append((font_size or self._default_font_size) * self.output.scale * self.output.dpi / 72)
+            calls[-1]["labels"].append(text)
+            calls[-1]["label_corners"].append(tuple(position))
         return draw_text(self, text, position, font_size=font_size, **kwargs)
 
     monkeypatch.setattr(Visualizer, "overlay_instances", spy_overlay)

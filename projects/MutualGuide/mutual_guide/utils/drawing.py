@@ -18,7 +18,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from mutual_guide.utils.detectron2_compat import set_visualizer_font_size, visualizer_font_size
 
-__all__ = ["MAX_DRAWING_SIDE", "PALETTE", "class_labels", "draw_boxes", "draw_predictions"]
+__all__ = ["MAX_DRAWING_SIDE", "PALETTE", "class_labels", "draw_boxes", "draw_predictions", "place_labels"]
 
 MAX_DRAWING_SIDE = 2048
 MIN_DRAWING_WIDTH = 512
@@ -47,10 +47,48 @@ def _within_max_side(image, boxes):
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), boxes
 
 
-def draw_boxes(image_rgb, boxes, classes, metadata, labels=None, min_width=MIN_DRAWING_WIDTH):
+def place_labels(boxes, sizes, width, height, taken=()):
+    """
+    Where each label goes: the top-left corner of a `sizes[i]` (w, h) rectangle for box i (XYXY), in the order
+    given (the most important first). Each takes the first of: above the box, inside its top, below it (left
+    edge, then right edge) that overlaps no rectangle placed before it nor `taken`, else the one that overlaps
+    least; every rectangle is moved inside the `width` x `height` image.
+    """
+    placed = [tuple(r) for r in taken]
+    corners = []
+    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+        best = None
+        for x, y in ((x0, y0 - h), (x0, y0), (x0, y1), (x1 - w, y0 - h), (x1 - w, y0), (x1 - w, y1)):
+            x = min(max(x, 0.0), max(width - w, 0.0))
+            y = min(max(y, 0.0), max(height - h, 0.0))
+            overlap = sum(_overlap((x, y, x + w, y + h), r) for r in placed)
+            if best is None or overlap < best[0]:
+                best = (overlap, x, y)
+            if overlap == 0:
+                break
+        _, x, y = best
+        placed.append((x, y, x + w, y + h))
+        corners.append((x, y))
+    return corners
+
+
+def _overlap(a, b):
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _label_size(text, points, visualizer):
+    """(w, h) of a label in the image's pixels: matplotlib's point is dpi / 72 output pixels, scale of them per image
+    pixel; a sans-serif character is about 0.6 of the size wide, and the box around it adds 0.7 of it each side."""
+    pixels = points * visualizer.output.dpi / 72.0
+    return (0.6 * len(text) + 1.4) * pixels, 2.4 * pixels
+
+
+def draw_boxes(image_rgb, boxes, classes, metadata, labels=None, min_width=MIN_DRAWING_WIDTH, note=None):
     """
     The XYXY boxes (the image's pixels) with their labels (default: the class names of `metadata`), one
-    colour per class, on an RGB image; returns the RGB drawing, sized as the module docstring says.
+    colour per class, on an RGB image; returns the RGB drawing, sized as the module docstring says. Labels are
+    placed apart from each other and inside the image (`place_labels`), in the order of the boxes; `note`, if
+    given, is written in the top-left corner.
     """
     classes = [int(c) for c in classes]
     image_rgb, boxes = _within_max_side(image_rgb, boxes)
@@ -59,24 +97,35 @@ def draw_boxes(image_rgb, boxes, classes, metadata, labels=None, min_width=MIN_D
     scale = max(1.0, min(min_width / width, MAX_DRAWING_SIDE / max(height, width)))
     visualizer = Visualizer(image_rgb, metadata, scale=scale)
     # The Visualizer's base font, in the image's pixels, is max(sqrt(H * W) // 90, 10 // scale): it shrinks as
-    # the scale grows, to 8 points on a 128-pixel image drawn 4x. At least 14 points on the drawing instead; a
-    # label is drawn at 0.6 to 1 times this, growing with its box, so it stays smaller than the object it names.
-    set_visualizer_font_size(visualizer, max(visualizer_font_size(visualizer), _LABEL_POINTS / scale))
+    # the scale grows, to 8 points on a 128-pixel image drawn 4x. At least 14 points on the drawing instead.
+    points = max(visualizer_font_size(visualizer), _LABEL_POINTS / scale)
+    set_visualizer_font_size(visualizer, points)
     labels = class_labels(classes, metadata) if labels is None else labels
     colours = [PALETTE[c % len(PALETTE)] for c in classes]
-    return visualizer.overlay_instances(boxes=boxes, labels=labels, assigned_colors=colours).get_image()
+    visualizer.overlay_instances(boxes=boxes, assigned_colors=colours)
+    taken = []
+    if note:
+        w, h = _label_size(note, points, visualizer)
+        visualizer.draw_text(note, (0, 0), font_size=points, color="w", horizontal_alignment="left")
+        taken.append((0, 0, w, h))
+    sizes = [_label_size(label, points, visualizer) for label in labels]
+    for label, colour, (x, y) in zip(labels, colours, place_labels(boxes, sizes, width, height, taken)):
+        visualizer.draw_text(label, (x, y), font_size=points, color=colour, horizontal_alignment="left")
+    return visualizer.output.get_image()
 
 
-def draw_predictions(image_bgr, instances, metadata, score_thresh, min_width=MIN_DRAWING_WIDTH):
+def draw_predictions(image_bgr, instances, metadata, score_thresh, min_width=MIN_DRAWING_WIDTH, note=None):
     """
-    Draw the predictions scoring at least `score_thresh` on a BGR image, labelled "class 87%"; returns the
-    BGR drawing (sized as the module docstring says). Class names come from `metadata.thing_classes`.
+    Draw the predictions scoring at least `score_thresh` on a BGR image, labelled "class 87%", the best first;
+    returns the BGR drawing (sized as the module docstring says). Class names come from
+    `metadata.thing_classes`. `note` (e.g. how the threshold was chosen) goes in the top-left corner.
     """
     instances = instances.to("cpu")
     instances = instances[instances.scores >= score_thresh]
+    instances = instances[instances.scores.argsort(descending=True)]
     classes = instances.pred_classes.tolist()
     labels = class_labels(classes, metadata, instances.scores.tolist())
     # reduced before the channels are swapped: cv2 copies a reversed-channel view of the full image first
     image_bgr, boxes = _within_max_side(image_bgr, instances.pred_boxes.tensor.numpy())
-    drawn = draw_boxes(image_bgr[:, :, ::-1], boxes, classes, metadata, labels, min_width)
+    drawn = draw_boxes(image_bgr[:, :, ::-1], boxes, classes, metadata, labels, min_width, note)
     return np.ascontiguousarray(drawn[:, :, ::-1])
