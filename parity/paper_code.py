@@ -1,10 +1,10 @@
 """
-The seed's modules (zhanghengdev/MutualGuide at fd2c4cc), imported from a folder given on the command line, on
-the CPU. Nothing of the seed is in this repository; extract it with
+The authors' modules (zhanghengdev/MutualGuide at fd2c4cc), imported from a checkout given on the command line,
+on the CPU. Nothing of the authors' code is in this repository; get it with
 
-    /work/notes/extract_seed.sh /tmp/seed        # or: git -C <clone> archive fd2c4cc | tar -x -C /tmp/seed
+    git clone https://github.com/zhanghengdev/MutualGuide <clone> && git -C <clone> checkout fd2c4cc
 
-The seed calls .cuda() everywhere; `import_seed` makes it a no-op for this process.
+The authors' code calls .cuda() everywhere; `import_paper` makes it a no-op for this process.
 """
 import importlib
 import os
@@ -12,21 +12,35 @@ import sys
 
 import torch
 
+PAPER_REPO_HELP = "a checkout of zhanghengdev/MutualGuide at fd2c4cc (the authors' code)"
 
-def import_seed(seed_repo, *modules):
-    """The seed's modules by dotted name (e.g. "data.data_augment", "models.detector"), importable on the CPU."""
-    if not os.path.isfile(os.path.join(seed_repo, "main.py")):
-        raise FileNotFoundError(f"--seed-repo {seed_repo!r} is not a checkout of the seed (no main.py in it)")
+
+def add_paper_repo_argument(parser, required=True, help=PAPER_REPO_HELP):
+    """--paper-repo DIR; --seed-repo is its old name, still accepted (the help names only the new one)."""
+    action = parser.add_argument("--paper-repo", "--seed-repo", dest="paper_repo", required=required, metavar="DIR",
+                                 help=help)
+    # argparse parses by its own table of option strings, filled above; the help and the usage line print
+    # `option_strings`: without the old name there, it still parses but is no longer advertised
+    action.option_strings = ["--paper-repo"]
+    return action
+
+
+def import_paper(paper_repo, *modules):
+    """The authors' modules by dotted name (e.g. "data.data_augment", "models.detector"), importable on the CPU."""
+    if not os.path.isfile(os.path.join(paper_repo, "main.py")):
+        raise FileNotFoundError(
+            f"--paper-repo {paper_repo!r} is not a checkout of the authors' code (no main.py in it)"
+        )
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    if seed_repo not in sys.path:
-        sys.path.insert(0, seed_repo)
+    if paper_repo not in sys.path:
+        sys.path.insert(0, paper_repo)
     loaded = [importlib.import_module(name) for name in modules]
     return loaded[0] if len(loaded) == 1 else loaded
 
 
-def seed_networks(name):
-    """Our MODEL.BACKBONE.NAME / MODEL.NECK.NAME -> the seed's `--backbone` / `--neck` value."""
+def paper_networks(name):
+    """Our MODEL.BACKBONE.NAME / MODEL.NECK.NAME -> the authors' `--backbone` / `--neck` value."""
     return {
         "VGG16": "vgg16", "ResNet18": "resnet18", "RepVGG": "repvgg", "ShuffleNetV2": "shufflenet",
         "SSD": "ssd", "FPN": "fpn", "PAFPN": "pafpn",

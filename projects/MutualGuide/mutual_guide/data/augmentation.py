@@ -12,7 +12,7 @@ step and goes through OpenCV's uint8 HSV (hue 0-180) once. Transforms cannot dro
 removes objects (the crop keeps the boxes whose centres fall inside it) is carried out by `DetectionAugInput`.
 The seed draws from Python's `random`; here all randomness comes from numpy's global RNG, as in detectron2, so
 `np.random.seed` makes a run repeatable: the samples differ from the seed's, their distributions do not
-(benchmarks/check_seed_augmentation.py measures both).
+(parity/check_paper_augmentation.py measures both).
 """
 import cv2
 import numpy as np
