@@ -27,10 +27,12 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo_job.py --output-dir output/demo
 
-# `make bench SEED_REPO=/tmp/seed` also times the seed's own loss (a checkout of zhanghengdev/MutualGuide at fd2c4cc)
+# `make bench PAPER_REPO=<checkout>` also times the authors' own loss (a checkout of zhanghengdev/MutualGuide at
+# fd2c4cc, see parity/README.md); SEED_REPO is its old name.
+PAPER_REPO ?= $(SEED_REPO)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_assignment.py
-	$(PY) benchmarks/bench_train_step.py $(if $(SEED_REPO),--seed-repo $(SEED_REPO))
+	$(PY) benchmarks/bench_train_step.py $(if $(PAPER_REPO),--paper-repo $(PAPER_REPO))
 	$(PY) benchmarks/bench_inference.py
 
 # Only what `make demo` and `make test` write: the demo's run and Python's caches. Training runs in output/<run>/

@@ -1,5 +1,6 @@
 """
-Vectorised anchor assignment + losses against the per-object oracle of tests/oracle.py, on the same inputs:
+Vectorised anchor assignment + losses against the per-object oracle (mutual_guide/utils/oracle.py, the reference
+the tests trust), on the same inputs:
 batch 32, 320 x 320 input (12750 anchors), 80 classes, 5-10 boxes per image (`--boxes MIN MAX`: crowded scenes,
 e.g. `--boxes 1 60`), mutual guidance and IoU baseline.
 Prints the times and how many times faster the vectorised code is, and checks both agree. The losses are timed
@@ -8,8 +9,6 @@ with their gradient: ours computes it in the forward pass (the fused focal loss)
     .venv/bin/python benchmarks/bench_assignment.py [--batch 32] [--repeats 3]
 """
 import argparse
-import importlib.util
-import os
 import time
 
 import torch
@@ -20,26 +19,33 @@ from detectron2.structures import Boxes, Instances
 from mutual_guide.modeling.anchors import generate_anchors, num_levels_for
 from mutual_guide.modeling.assignment import build_anchor_matcher, pad_ground_truth
 from mutual_guide.modeling.losses import mutual_guide_losses
+from mutual_guide.utils import oracle
 
 
-def load_oracle():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "oracle.py")
-    spec = importlib.util.spec_from_file_location("oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def random_ground_truth(batch, size, num_classes, boxes_per_image=(5, 10), generator=None):
+    """
+    Per image, boxes_per_image[0] to [1] boxes with sides of 10 to 10 + 0.35 * size px, clipped to the image, and
+    random classes: one `Instances` (gt_boxes, gt_classes) per image. Shared with bench_train_step.py and
+    tools/benchmark.py, so that every timing of the assignment sees the same kind of scene.
+    """
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    instances = []
+    for _ in range(batch):
+        k = int(torch.randint(boxes_per_image[0], boxes_per_image[1] + 1, (1,), generator=g))
+        xy = torch.rand(k, 2, generator=g) * size * 0.75
+        wh = torch.rand(k, 2, generator=g) * size * 0.35 + 10
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
+        classes = torch.randint(0, num_classes, (k,), generator=g)
+        instances.append(Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=classes))
+    return instances
 
 
 def make_inputs(batch, size, num_classes, seed=0, boxes_per_image=(5, 10)):
     g = torch.Generator().manual_seed(seed)
     anchors = generate_anchors(size, 24.0, num_levels_for(size))
-    boxes, classes = [], []
-    for _ in range(batch):
-        k = int(torch.randint(boxes_per_image[0], boxes_per_image[1] + 1, (1,), generator=g))
-        xy = torch.rand(k, 2, generator=g) * size * 0.75
-        wh = torch.rand(k, 2, generator=g) * size * 0.35 + 10
-        boxes.append(torch.cat([xy, (xy + wh).clamp(max=size)], 1))
-        classes.append(torch.randint(0, num_classes, (k,), generator=g))
+    instances = random_ground_truth(batch, size, num_classes, boxes_per_image, g)
+    boxes = [x.gt_boxes.tensor for x in instances]
+    classes = [x.gt_classes for x in instances]
     deltas = torch.randn(batch, len(anchors), 4, generator=g) * 0.3
     logits = torch.randn(batch, len(anchors), num_classes, generator=g) - 4.0
     return anchors, boxes, classes, deltas, logits
@@ -63,7 +69,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="the vectorised side keeps its best of these")
     args = parser.parse_args()
 
-    oracle = load_oracle()
     b2b = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
     anchors, boxes, classes, deltas, logits = make_inputs(args.batch, args.size, args.classes, boxes_per_image=args.boxes)
     n, a = deltas.shape[:2]

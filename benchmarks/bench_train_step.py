@@ -7,13 +7,14 @@ ours:         `model(batch)` as the trainer calls it: the network in the layout 
               CHANNELS_LAST_DEVICES gives it (NHWC on the CPU), the batched assignment, the fused focal loss;
               "ours, phased" makes the same calls with timers between them, for the split.
 paper-style:  the same network in PyTorch's default NCHW layout (the paper's code), labels from a loop over
-              images and objects (tests/oracle.py, the per-object reference the tests trust) and the losses
-              computed as the seed's MultiBoxLoss does: a dense one-hot target over every anchor and class and
-              the focal loss through autograd, with the seed's ignore rule.
-seed:         with --seed-repo DIR (a checkout of zhanghengdev/MutualGuide at fd2c4cc), the seed's own
-              MultiBoxLoss on the NCHW network instead of the paper-style re-implementation; also timed.
+              images and objects (mutual_guide/utils/oracle.py, the per-object reference the tests trust) and
+              the losses computed as the authors' MultiBoxLoss does: a dense one-hot target over every anchor
+              and class and the focal loss through autograd, with the authors' ignore rule.
+authors':     with --paper-repo DIR (a checkout of zhanghengdev/MutualGuide at fd2c4cc, see parity/README.md),
+              the authors' own MultiBoxLoss on the NCHW network instead of the paper-style re-implementation;
+              also timed.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--seed-repo /tmp/seed] [--batch 16] [--num-classes 80]
+    .venv/bin/python benchmarks/bench_train_step.py [--paper-repo <checkout>] [--batch 16] [--num-classes 80]
 """
 import argparse
 import copy
@@ -23,43 +24,47 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_assignment import load_oracle  # the same per-object oracle, loaded from tests/oracle.py
-from check_seed_loss import load_seed_loss  # the seed's MultiBoxLoss, runnable on the CPU
+from bench_assignment import random_ground_truth  # the same scenes as the assignment benchmark
 
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from conftest import make_cfg  # noqa: E402  (the tests' CPU config of one network)
+from mutual_guide import add_mutual_guide_config
+from mutual_guide.modeling.batching import batch_ground_truth
+from mutual_guide.modeling.losses import balanced_l1_loss
+from mutual_guide.utils import oracle
 
-from mutual_guide.modeling.batching import batch_ground_truth  # noqa: E402
-from mutual_guide.modeling.losses import balanced_l1_loss  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "parity"))
+from paper_code import PAPER_REPO_HELP, add_paper_repo_argument  # noqa: E402
+from check_paper_loss import load_paper_loss  # noqa: E402  (the authors' MultiBoxLoss, runnable on the CPU)
+
+
+def make_cfg(backbone, neck, size, num_classes):
+    """A CPU config of the given network, every other key at the project's default."""
+    cfg = get_cfg()
+    add_mutual_guide_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME, cfg.MODEL.NECK.NAME = backbone, neck
+    cfg.INPUT.SIZE, cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = size, num_classes
+    return cfg
 
 
 def make_batch(batch, size, num_classes, seed=0):
-    """Random images with 5-10 boxes of 10-122 px each, as the trainer's data loader hands them over."""
+    """Random images with 5-10 boxes of 10-122 px each (at 320), as the trainer's data loader hands them over."""
     g = torch.Generator().manual_seed(seed)
-    inputs = []
-    for _ in range(batch):
-        k = int(torch.randint(5, 11, (1,), generator=g))
-        xy = torch.rand(k, 2, generator=g) * size * 0.75
-        wh = torch.rand(k, 2, generator=g) * size * 0.35 + 10
-        instances = Instances((size, size))
-        instances.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size)], 1))
-        instances.gt_classes = torch.randint(0, num_classes, (k,), generator=g)
-        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
-        inputs.append({"image": image, "instances": instances})
-    return inputs
+    instances = random_ground_truth(batch, size, num_classes, (5, 10), g)
+    return [{"image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g), "instances": x}
+            for x in instances]
 
 
-def paper_style_losses(model, oracle, logits, deltas, batch):
-    """Per-object labels, then a one-hot target over all anchors and classes, as the seed's MultiBoxLoss."""
+def paper_style_losses(model, logits, deltas, batch):
+    """Per-object labels, then a one-hot target over all anchors and classes, as the authors' MultiBoxLoss."""
     size = model.input_size
     boxes = [x["instances"].gt_boxes.tensor for x in batch]
     classes = [x["instances"].gt_classes for x in batch]
     mutual_guidance = model.anchor_matcher.uses_predictions
     pred_boxes = model.decode_boxes(deltas.detach()) / size if mutual_guidance else None
-    # IoUs relative to the image side, as the seed (and ours) measure them
+    # IoUs relative to the image side, as the authors' code (and ours) measure them
     labels = oracle.oracle_label_anchors(
         model.normalized_anchors, [b / size for b in boxes], classes, model.num_classes, pred_boxes=pred_boxes,
         pred_logits=logits.detach(), mutual_guidance=mutual_guidance,
@@ -68,7 +73,7 @@ def paper_style_losses(model, oracle, logits, deltas, batch):
     one_hot = torch.zeros(*cls_labels.shape, model.num_classes + 1)  # background as an extra column
     one_hot.scatter_(2, cls_labels.masked_fill(cls_labels < 0, model.num_classes).unsqueeze(-1), 1.0)
     targets = one_hot[..., :-1]
-    # the seed's rule: the focal loss runs over positive and negative anchors only (a boolean-mask selection)
+    # the authors' rule: the focal loss runs over positive and negative anchors only (a boolean-mask selection)
     trained = cls_labels != -1
     logits, targets = logits[trained], targets[trained]
     p = logits.sigmoid()
@@ -88,8 +93,8 @@ def paper_style_losses(model, oracle, logits, deltas, batch):
     return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
 
 
-def seed_losses(model, multibox_loss, priors, logits, deltas, batch):
-    """The seed's own MultiBoxLoss: targets relative to the image side, labels from 1 (0 is its background)."""
+def authors_losses(model, multibox_loss, priors, logits, deltas, batch):
+    """The authors' own MultiBoxLoss: targets relative to the image side, labels from 1 (0 is its background)."""
     size = model.input_size
     targets = [
         torch.cat([x["instances"].gt_boxes.tensor / size, (x["instances"].gt_classes + 1).float()[:, None]], 1)
@@ -152,15 +157,14 @@ def main():
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per side, after one warm-up step "
                         "(the best is kept: on a shared machine, the step least disturbed by other processes)")
-    parser.add_argument("--seed-repo", help="a checkout of zhanghengdev/MutualGuide at fd2c4cc: also time the "
-                        "seed's own MultiBoxLoss")
+    add_paper_repo_argument(parser, required=False, help=PAPER_REPO_HELP + ": also time the authors' own "
+                            "MultiBoxLoss")
     parser.add_argument("--baseline", action="store_true", help="also time the IoU baseline")
     args = parser.parse_args()
-    oracle = load_oracle()
-    seed = None
-    if args.seed_repo:
-        MultiBoxLoss, PriorBox = load_seed_loss(args.seed_repo)
-        seed = (MultiBoxLoss, PriorBox(24.0, args.size).forward())
+    authors = None
+    if args.paper_repo:
+        MultiBoxLoss, PriorBox = load_paper_loss(args.paper_repo)
+        authors = (MultiBoxLoss, PriorBox(24.0, args.size).forward())
     print(f"{args.backbone}-{args.neck} {args.size}x{args.size}, batch {args.batch}, {args.num_classes} classes, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; best of {args.repeats} steps per side, "
           f"taken in turn")
@@ -176,13 +180,13 @@ def main():
         sides = [
             Side("ours", ours),
             Side("ours, phased", copy.deepcopy(ours), "phases"),
-            Side("paper-style", paper, lambda lo, de, b: paper_style_losses(paper, oracle, lo, de, b)),
+            Side("paper-style", paper, lambda lo, de, b: paper_style_losses(paper, lo, de, b)),
         ]
-        if seed is not None:
-            seed_model = copy.deepcopy(paper)
-            multibox = seed[0](args.num_classes + 1, mutual_guide=mutual_guidance)
-            sides.append(Side("seed", seed_model, lambda lo, de, b: seed_losses(seed_model, multibox, seed[1],
-                                                                                  lo, de, b)))
+        if authors is not None:
+            authors_model = copy.deepcopy(paper)
+            multibox = authors[0](args.num_classes + 1, mutual_guide=mutual_guidance)
+            sides.append(Side("authors'", authors_model,
+                              lambda lo, de, b: authors_losses(authors_model, multibox, authors[1], lo, de, b)))
         for _ in range(args.repeats + 1):
             for side in sides:
                 side.step(batch)

@@ -1,6 +1,6 @@
 """
 Our augmentation's distributions locked to the seed's: means measured from the seed's `preproc` (fd2c4cc) with
-`benchmarks/check_seed_augmentation.py --ci-input --samples 20000` on the generated input below; ours must lie
+`parity/check_paper_augmentation.py --ci-input --samples 20000` on the generated input below; ours must lie
 within 4 standard errors of sampling (ours from N samples, the seed's from its n), a z-test that a wrong
 order, canvas, crop sampler, colour range or size rule fails (the order and canvas of the SSD recipe this
 replaced move "canvas aspect" by 0.14 and "box side" by several pixels).
@@ -35,7 +35,7 @@ SEED = {
 
 @pytest.fixture(scope="module")
 def ci_input():
-    """The generated image and boxes of check_seed_augmentation.py --ci-input (keep the two in step)."""
+    """The generated image and boxes of parity/check_paper_augmentation.py --ci-input (keep the two in step)."""
     rng = np.random.RandomState(0)
     image = rng.randint(0, 256, size=(150, 200, 3)).astype(np.uint8)
     boxes = np.array([[10, 20, 70, 90], [100, 5, 190, 60], [40, 100, 58, 118], [150, 110, 162, 146]], np.float32)

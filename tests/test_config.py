@@ -91,7 +91,7 @@ def test_every_key_read_is_declared(tmp_path):
     cfg = get_cfg()
     mutual_guide.add_mutual_guide_config(cfg)
     sources = [os.path.join(ROOT, f) for f in ("train_net.py", "demo.py")]
-    for folder in ("projects/MutualGuide/mutual_guide", "tools", "benchmarks"):
+    for folder in ("projects/MutualGuide/mutual_guide", "tools", "benchmarks", "parity"):
         sources += glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)
 
     def undeclared(reads):

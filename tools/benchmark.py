@@ -17,10 +17,12 @@ Prints, for the fused network (RepVGG re-parameterised, BatchNorm folded, as dep
   - with --layouts, the network in the NHWC and the NCHW layout, inference and training, to set
     MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES for the device.
 On a GPU every time includes a torch.cuda.synchronize(); --device cuda stops with a message where there is none.
+
+This is the "how fast is my config" tool; benchmarks/ holds the side-by-side speed comparisons (ours against the
+paper's way), whose head rescaling and synthetic ground truth this tool reuses so that both time the same thing.
 """
 import argparse
 import copy
-import math
 import os
 import sys
 import time
@@ -30,7 +32,6 @@ from torch import nn
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 
 import mutual_guide
 import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
@@ -39,6 +40,10 @@ from mutual_guide.engine.devices import check_device
 from mutual_guide.modeling.assignment import build_anchor_matcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # benchmarks/ is a folder of scripts, not a package
+from bench_assignment import random_ground_truth  # noqa: E402
+from bench_inference import spread_head  # noqa: E402
+
 BACKBONES = [("vgg16", "VGG16"), ("resnet18", "ResNet18"), ("repvgg", "RepVGG-A2"), ("shufflenet", "ShuffleNetV2")]
 NECKS = [("ssd", "SSD"), ("fpn", "FPN"), ("pafpn", "PAFPN"), ("rfb", "RFB")]
 
@@ -85,34 +90,6 @@ class _Network(nn.Module):
 
 
 @torch.no_grad()
-def _spread_scores(model, images, fraction: float = 0.01):
-    """Rescale the class head so that about `fraction` of the scores pass the test threshold (as after training)."""
-    for conv in model.head.conf:
-        conv.bias.zero_()
-    logits, _ = model.predict(images)
-    z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * fraction)).item()
-    thresh_logit = math.log(model.test_score_thresh / (1 - model.test_score_thresh))
-    for conv in model.head.conf:
-        conv.weight.mul_(1.5 / logits.std())
-        conv.bias.fill_(thresh_logit - z * 1.5)
-
-
-def synthetic_ground_truth(batch: int, size: int, num_classes: int, device, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    instances = []
-    for _ in range(batch):
-        n = int(torch.randint(1, 11, (1,), generator=g))
-        xy = torch.rand(n, 2, generator=g) * size * 0.8
-        wh = (torch.rand(n, 2, generator=g) * 0.5 + 0.05) * size
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
-        inst = Instances((size, size))
-        inst.gt_boxes = Boxes(boxes.to(device))
-        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g).to(device)
-        instances.append(inst)
-    return instances
-
-
-@torch.no_grad()
 def measure(cfg, batch_sizes, iters: int, assign_batch: int, flops: bool = True):
     device = cfg.MODEL.DEVICE
     torch.manual_seed(0)
@@ -128,14 +105,14 @@ def measure(cfg, batch_sizes, iters: int, assign_batch: int, flops: bool = True)
         result["latency"][bs] = (seconds * 1e3, bs / seconds)
 
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, device=device)
-    _spread_scores(fused, (image.float() - fused.pixel_mean)[None])
+    spread_head(fused, (image.float() - fused.pixel_mean)[None], fraction=0.01)
     result["end_to_end_ms"] = time_it(lambda: fused([{"image": image}]), iters, device) * 1e3
 
     n, a, c = assign_batch, len(model.anchors), model.num_classes
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(n, a, c, generator=g) * 1.5 - 4).to(device)
     deltas = (torch.randn(n, a, 4, generator=g) * 0.5).to(device)
-    gt = synthetic_ground_truth(n, size, c, device)
+    gt = [x.to(device) for x in random_ground_truth(n, size, c, boxes_per_image=(1, 10))]
     configured = model.anchor_matcher
     for key, enabled in (("assign_mg_ms", True), ("assign_iou_ms", False)):
         model.anchor_matcher = build_anchor_matcher(enabled, cfg.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS, c)

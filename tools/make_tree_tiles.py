@@ -10,8 +10,8 @@ Training tiles come from 2019_YELL_2_528000_4978000_image_crop2 (stride 60), tes
 2019_YELL_2_541000_4977000_image_crop (stride 150): the two images do not overlap. A crown is kept in a tile
 when at least half of its box lies inside, clipped to the tile. Nothing is downloaded here: give the package,
 
-    pip download deepforest --no-deps -d /tmp/df        # a wheel of about 20 MB (or: pip install deepforest)
-    .venv/bin/python benchmarks/make_tree_tiles.py --deepforest /tmp/df/deepforest-*.whl --output datasets/trees
+    pip download deepforest --no-deps -d downloads       # a wheel of about 20 MB (or: pip install deepforest)
+    .venv/bin/python tools/make_tree_tiles.py --deepforest downloads/deepforest-*.whl --output datasets/trees
 
 --deepforest is the wheel (or any zip of the package) or a folder holding deepforest/data/ or data/.
 """

@@ -1,17 +1,17 @@
 """
-Our losses against the seed's own `MultiBoxLoss` (the authors' repository at commit fd2c4cc), on the same
-predictions, boxes and anchors, for both assignments and both ignore rules. Nothing of the seed is in this
-repository: give the path of a checkout of that commit, e.g.
+Our losses against the authors' own `MultiBoxLoss` (zhanghengdev/MutualGuide at commit fd2c4cc), on the same
+predictions, boxes and anchors, for both assignments and both ignore rules. Nothing of the authors' code is in
+this repository: give the path of a checkout of that commit (see parity/README.md), e.g.
 
-    git -C <clone of zhanghengdev/MutualGuide> archive fd2c4cc | tar -x -C /tmp/seed
-    .venv/bin/python benchmarks/check_seed_loss.py --seed-repo /tmp/seed
+    .venv/bin/python parity/check_paper_loss.py --paper-repo <checkout>
 
 Predictions are those of a randomly initialised ShuffleNetV2-FPN-320 on random images ("network", scores near the
 0.01 prior) and random logits/deltas of a wider spread ("spread", which makes the assignments disagree more).
-The seed's rule is IGNORE "anchor": both losses must agree within 1e-4 relative; "class" is the authors' later rule
-and is printed to show the difference.
+The rule of the authors' code at fd2c4cc is IGNORE "anchor": both losses must agree within 1e-4 relative; "class"
+is the authors' later rule and is printed to show the difference.
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -23,19 +23,18 @@ from detectron2.structures import Boxes, Instances
 import mutual_guide
 from mutual_guide.modeling.assignment import build_anchor_matcher
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paper_code import add_paper_repo_argument, import_paper  # noqa: E402
 
-def load_seed_loss(seed_repo):
-    """The seed's MultiBoxLoss and PriorBox, with its hard-coded .cuda() calls made no-ops (CPU only here)."""
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    sys.path.insert(0, seed_repo)
-    from utils.box.prior_box import PriorBox  # noqa: E402  (the seed's modules)
-    from utils.loss.multibox_loss import MultiBoxLoss  # noqa: E402
 
-    return MultiBoxLoss, PriorBox
+def load_paper_loss(paper_repo):
+    """The authors' MultiBoxLoss and PriorBox, with their hard-coded .cuda() calls made no-ops (CPU only here)."""
+    loss_module, prior_module = import_paper(paper_repo, "utils.loss.multibox_loss", "utils.box.prior_box")
+    return loss_module.MultiBoxLoss, prior_module.PriorBox
 
 
 def random_ground_truth(batch, size, num_classes, generator):
-    """5-10 boxes per image, 10-122 px sides, clipped to the image: (our Instances, the seed's [G, 5] targets)."""
+    """5-10 boxes per image, 10-122 px sides, clipped to the image: (our Instances, the authors' [G, 5] targets)."""
     instances, targets = [], []
     for _ in range(batch):
         k = int(torch.randint(5, 11, (1,), generator=generator))
@@ -44,20 +43,20 @@ def random_ground_truth(batch, size, num_classes, generator):
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
         classes = torch.randint(0, num_classes, (k,), generator=generator)
         instances.append(Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=classes))
-        # the seed: coordinates relative to the image, label 1..C (0 is its background)
+        # the authors' code: coordinates relative to the image, label 1..C (0 is its background)
         targets.append(torch.cat([boxes / size, (classes + 1).float().unsqueeze(1)], 1))
     return instances, targets
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed-repo", required=True, help="a checkout of zhanghengdev/MutualGuide at fd2c4cc")
+    add_paper_repo_argument(parser)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
-    MultiBoxLoss, PriorBox = load_seed_loss(args.seed_repo)
+    MultiBoxLoss, PriorBox = load_paper_loss(args.paper_repo)
     priors = PriorBox(24.0, args.size).forward()
 
     cfg = get_cfg()
@@ -78,7 +77,7 @@ def main():
         spread = (torch.randn(net_logits.shape, generator=g) * 2 - 3, torch.randn(net_deltas.shape, generator=g) * 0.5)
         for source, (logits, deltas) in (("network", (net_logits, net_deltas)), ("spread", spread)):
             for mutual in (True, False):
-                seed_loss_box, seed_loss_cls = MultiBoxLoss(args.num_classes + 1, mutual_guide=mutual)(
+                paper_loss_box, paper_loss_cls = MultiBoxLoss(args.num_classes + 1, mutual_guide=mutual)(
                     (deltas, logits), priors, targets
                 )
                 thresholds = cfg.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS
@@ -86,18 +85,18 @@ def main():
                 for ignore in ("anchor", "class"):
                     model.ignore = ignore
                     ours = model.losses(logits, deltas, gt)
-                    rel_cls = abs(float(ours["loss_cls"]) / float(seed_loss_cls) - 1)
-                    rel_box = abs(float(ours["loss_box_reg"]) / float(seed_loss_box) - 1)
+                    rel_cls = abs(float(ours["loss_cls"]) / float(paper_loss_cls) - 1)
+                    rel_box = abs(float(ours["loss_box_reg"]) / float(paper_loss_box) - 1)
                     if ignore == "anchor":
                         worst = max(worst, rel_cls, rel_box)
                     print(
                         f"trial {trial} {source:7s} {'mutual guidance' if mutual else 'IoU baseline':15s} "
                         f"IGNORE {ignore!r:8s} loss_cls ours {float(ours['loss_cls']):10.4f} "
-                        f"seed {float(seed_loss_cls):10.4f} (rel {rel_cls:.1e})   loss_box_reg ours "
-                        f"{float(ours['loss_box_reg']):.5f} seed {float(seed_loss_box):.5f} (rel {rel_box:.1e})"
+                        f"paper {float(paper_loss_cls):10.4f} (rel {rel_cls:.1e})   loss_box_reg ours "
+                        f"{float(ours['loss_box_reg']):.5f} paper {float(paper_loss_box):.5f} (rel {rel_box:.1e})"
                     )
     verdict = "OK" if worst <= 1e-4 else "MISMATCH"
-    print(f"largest relative difference with the seed's rule (IGNORE 'anchor'): {worst:.1e} -> {verdict}")
+    print(f"largest relative difference with the authors' rule (IGNORE 'anchor'): {worst:.1e} -> {verdict}")
     return 0 if worst <= 1e-4 else 1
 
 

@@ -1,18 +1,18 @@
 """
-Our train-time augmentation against the seed's `preproc` (data/data_augment.py at fd2c4cc), on the same images
-and boxes, many times each:
+Our train-time augmentation against the authors' `preproc` (data/data_augment.py of zhanghengdev/MutualGuide at
+fd2c4cc), on the same images and boxes, many times each:
 
-1. the colour distortion with the same drawn values: ours and the seed's `_distort` must give the same pixels;
+1. the colour distortion with the same drawn values: ours and the authors' `_distort` must give the same pixels;
 2. the distributions of what the whole pipeline produces: crop (how often, area, aspect, the smallest IoU of a
    box with it), zoom-out (how often, canvas scale and aspect), interpolation, fall-back, boxes out (how many
    kept, side and aspect in the S x S frame), and colour statistics of the distortion. Continuous values are
    compared with a two-sample Kolmogorov-Smirnov test, frequencies with a two-proportion z-test; a p-value
    under 0.001 is a mismatch.
 
-    .venv/bin/python benchmarks/check_seed_augmentation.py --seed-repo /tmp/seed [--samples 2000]
-    .venv/bin/python benchmarks/check_seed_augmentation.py --seed-repo /tmp/seed --ci-input --samples 20000
+    .venv/bin/python parity/check_paper_augmentation.py --paper-repo <checkout> [--samples 2000] [--voc-mini DIR]
+    .venv/bin/python parity/check_paper_augmentation.py --paper-repo <checkout> --ci-input --samples 20000
 
---ci-input runs on the generated image of tests/test_augmentation_distribution.py and prints the seed's means
+--ci-input runs on the generated image of tests/test_augmentation_distribution.py and prints the authors' means
 and standard deviations that the test holds as constants.
 """
 import argparse
@@ -38,7 +38,7 @@ from mutual_guide.data.augmentation import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from seed_code import import_seed  # noqa: E402
+from paper_code import add_paper_repo_argument, import_paper  # noqa: E402
 
 INTERP_NAMES = {cv2.INTER_LINEAR: "linear", cv2.INTER_CUBIC: "cubic", cv2.INTER_AREA: "area",
                 cv2.INTER_NEAREST: "nearest", cv2.INTER_LANCZOS4: "lanczos"}
@@ -54,7 +54,7 @@ def ci_input():
 
 
 def voc_inputs(root):
-    """Images and boxes (the XML's numbers, as the seed reads them) of a VOC folder."""
+    """Images and boxes (the XML's numbers, as the authors' code reads them) of a VOC folder."""
     out = []
     for name in sorted(os.listdir(os.path.join(root, "Annotations"))):
         tree = ET.parse(os.path.join(root, "Annotations", name)).getroot()
@@ -66,8 +66,8 @@ def voc_inputs(root):
 
 
 # ----------------------------------------------------------------------------- the two pipelines, instrumented
-class SeedRecorder:
-    """Runs the seed's preproc and records, per sample, what its steps did (by wrapping its module functions)."""
+class PaperRecorder:
+    """Runs the authors' preproc and records, per sample, what its steps did (by wrapping its module functions)."""
 
     def __init__(self, data_augment, size):
         self.da, self.size = data_augment, size
@@ -106,7 +106,7 @@ class SeedRecorder:
 
     def _resize(self, image, insize, mean):
         self.rec["resizes"] = self.rec.get("resizes", 0) + 1
-        # the seed draws its interpolation with random.randrange(5): record it by drawing the same way
+        # the authors' code draws its interpolation with random.randrange(5): record it by drawing the same way
         state = random.getstate()
         self.rec["interpolation"] = INTERP_NAMES[CV2_INTERPOLATIONS[random.randrange(5)]]
         random.setstate(state)
@@ -121,7 +121,7 @@ class SeedRecorder:
 
 
 class OurRecorder:
-    """Runs our mapper's augmentation (the seed's fall-back included) and reads what it did from the transforms."""
+    """Runs our mapper's augmentation (the authors' fall-back included) and reads what it did from the transforms."""
 
     def __init__(self, size):
         cfg = get_cfg()
@@ -217,35 +217,35 @@ def proportion_test(a, b):
     return pa, pb, math.erfc(abs(pa - pb) / se / math.sqrt(2))
 
 
-def compare(seed, ours, alpha=1e-3):
+def compare(paper, ours, alpha=1e-3):
     worst = 1.0
-    for key in seed:
-        a, b = np.asarray(seed[key]), np.asarray(ours.get(key, []))
+    for key in paper:
+        a, b = np.asarray(paper[key]), np.asarray(ours.get(key, []))
         if key == "interpolation":
             for name in INTERP_NAMES.values():
                 pa, pb, p = proportion_test(a == name, b == name)
                 worst = min(worst, p)
-                print(f"  {'interpolation ' + name:32s} seed {pa:8.4f}  ours {pb:8.4f}  (two-proportion p {p:.3f})")
+                print(f"  {'interpolation ' + name:32s} paper {pa:8.4f}  ours {pb:8.4f}  (two-proportion p {p:.3f})")
         elif a.dtype == bool:
             pa, pb, p = proportion_test(a, b)
             worst = min(worst, p)
-            print(f"  {key:32s} seed {pa:8.4f}  ours {pb:8.4f}  (two-proportion p {p:.3f})")
+            print(f"  {key:32s} paper {pa:8.4f}  ours {pb:8.4f}  (two-proportion p {p:.3f})")
         else:
             # rounded: an unaugmented sample gives the same box in both up to float rounding (a point mass that
             # KS would otherwise see as two)
             d, p = ks_test(np.round(a, 3), np.round(b, 3))
             worst = min(worst, p)
             qa, qb = np.percentile(a, [10, 50, 90]), np.percentile(b, [10, 50, 90])
-            print(f"  {key:32s} seed q10/50/90 {qa[0]:7.3f} {qa[1]:7.3f} {qa[2]:7.3f}  ours {qb[0]:7.3f} "
+            print(f"  {key:32s} paper q10/50/90 {qa[0]:7.3f} {qa[1]:7.3f} {qa[2]:7.3f}  ours {qb[0]:7.3f} "
                   f"{qb[1]:7.3f} {qb[2]:7.3f}  mean {a.mean():7.3f} / {b.mean():7.3f}  (n {len(a)}/{len(b)}, "
                   f"KS D {d:.3f}, p {p:.3f})")
     return worst
 
 
 def exact_colour_check(data_augment, image, trials=200):
-    """Ours with drawn values against the seed's `_distort` told the same values: largest pixel difference."""
+    """Ours with drawn values against the authors' `_distort` told the same values: largest pixel difference."""
 
-    class Scripted:  # stands in for the seed's `random` module inside `_distort`
+    class Scripted:  # stands in for the authors' `random` module inside `_distort`
         def __init__(self, values):
             self.values = list(values)
 
@@ -263,8 +263,8 @@ def exact_colour_check(data_augment, image, trials=200):
             for value in (tfm.brightness, tfm.contrast, tfm.hue, tfm.saturation):
                 script += [0] if value is None else [1, value]
             data_augment.random = Scripted(script)
-            seed_out = data_augment._distort(image)
-            worst = max(worst, int(np.abs(seed_out.astype(int) - tfm.apply_image(image).astype(int)).max()))
+            paper_out = data_augment._distort(image)
+            worst = max(worst, int(np.abs(paper_out.astype(int) - tfm.apply_image(image).astype(int)).max()))
     finally:
         data_augment.random = real_random
     return worst
@@ -272,37 +272,38 @@ def exact_colour_check(data_augment, image, trials=200):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed-repo", required=True, help="a checkout of zhanghengdev/MutualGuide at fd2c4cc")
-    parser.add_argument("--voc-mini", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                           "voc_mini", "VOC2007"))
+    add_paper_repo_argument(parser)
+    parser.add_argument("--voc-mini", help="a VOC2007-layout folder (Annotations/, JPEGImages/) whose images are "
+                        "compared too; default: only the generated input")
     parser.add_argument("--ci-input", action="store_true", help="the generated input of the CI test, constants out")
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--size", type=int, default=320)
     args = parser.parse_args()
-    data_augment = import_seed(args.seed_repo, "data.data_augment")
+    data_augment = import_paper(args.paper_repo, "data.data_augment")
     random.seed(0)
     np.random.seed(0)
 
     inputs = ci_input()
-    if not args.ci_input and os.path.isdir(args.voc_mini):
+    if not args.ci_input and args.voc_mini:
         inputs += voc_inputs(args.voc_mini)
     worst_pixel = max(exact_colour_check(data_augment, image) for _, image, _ in inputs)
-    print(f"colour distortion with the same drawn values: largest pixel difference ours vs seed = {worst_pixel}")
+    print(f"colour distortion with the same drawn values: largest pixel difference ours vs the authors' = "
+          f"{worst_pixel}")
 
-    seed, ours = SeedRecorder(data_augment, args.size), OurRecorder(args.size)
+    paper, ours = PaperRecorder(data_augment, args.size), OurRecorder(args.size)
     worst = 1.0
     for name, image, boxes in inputs:
         print(f"{name}: {len(boxes)} boxes, {args.samples} samples each")
-        seed_values = collect(seed, image, boxes, args.samples)
+        paper_values = collect(paper, image, boxes, args.samples)
         our_values = collect(ours, image, boxes, args.samples)
-        seed_values.update(colour_statistics(data_augment._distort, image, args.samples))
+        paper_values.update(colour_statistics(data_augment._distort, image, args.samples))
         distortion = PhotometricDistortion()
         our_values.update(colour_statistics(lambda im: distortion.get_transform(im).apply_image(im), image,
                                             args.samples))
-        worst = min(worst, compare(seed_values, our_values))
+        worst = min(worst, compare(paper_values, our_values))
         if args.ci_input:
-            print("  seed constants (mean, std, n):")
-            for key, v in seed_values.items():
+            print("  the authors' constants (mean, std, n):")
+            for key, v in paper_values.items():
                 if key != "interpolation":
                     v = np.asarray(v, np.float64)
                     print(f"    {key!r}: ({v.mean():.4f}, {v.std():.4f}, {len(v)}),")

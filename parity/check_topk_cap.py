@@ -11,7 +11,7 @@ evaluates that one checkpoint with `train_net.py --eval-only` and Detectron2's P
 
 and prints the VOC figures side by side with the number of pairs above the score threshold per level.
 
-    .venv/bin/python benchmarks/check_topk_cap.py [--output-dir output/topk_cap] [--weights model_final.pth]
+    .venv/bin/python parity/check_topk_cap.py [--output-dir output/topk_cap] [--weights model_final.pth]
 """
 import argparse
 import os
@@ -20,14 +20,12 @@ import time
 
 import torch
 
+from mutual_guide.data import make_synthetic_dataset
+from mutual_guide.engine import Trainer, argument_parser, setup
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-import train_net  # noqa: E402
-
-from detectron2.engine import default_argument_parser  # noqa: E402
-
-from mutual_guide.data import make_synthetic_dataset  # noqa: E402
+import train_net  # noqa: E402  (its main() is the --eval-only path measured here)
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 
@@ -103,8 +101,8 @@ def main():
     weights = args.weights
     if not weights:
         started = time.time()
-        cfg = train_net.setup(default_argument_parser().parse_args(["--config-file", CONFIG] + opts))
-        trainer = train_net.Trainer(cfg)
+        cfg = setup(argument_parser().parse_args(["--config-file", CONFIG] + opts))
+        trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()
         weights = os.path.join(args.output_dir, "model_final.pth")
@@ -114,11 +112,14 @@ def main():
     for cap in args.caps:
         eval_opts = opts + ["MODEL.WEIGHTS", weights, "TEST.TOPK_CANDIDATES", str(cap)]
         started = time.time()
-        results = train_net.main(default_argument_parser().parse_args(
+        results = train_net.main(argument_parser().parse_args(
             ["--config-file", CONFIG, "--eval-only"] + eval_opts
         ))["bbox"]
         rows.append((cap, results, time.time() - started))
-    cfg = train_net.setup(default_argument_parser().parse_args(["--config-file", CONFIG] + opts))
+    # as an evaluation: a training set-up would refuse OUTPUT_DIR, which now holds the run just trained
+    cfg = setup(argument_parser().parse_args(
+        ["--config-file", CONFIG, "--eval-only"] + opts + ["MODEL.WEIGHTS", weights]
+    ))
     mean, largest, pairs = candidates_per_level(cfg, weights, info)
 
     print(f"\n[cap] {weights} on capvoc_test ({args.num_test} images, VOC metric), pairs above the score "

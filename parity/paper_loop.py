@@ -1,12 +1,12 @@
 """
-The seed's training loop (main.py at fd2c4cc) re-created around the seed's own modules (its Detector, preproc,
-PriorBox, MultiBoxLoss, detection_collate), on the CPU, from scratch, for the side-by-side scripts. main.py
-itself cannot be imported (it parses the command line and trains at import), so its three rules are written
-out here from reading it:
+The authors' training loop (main.py of zhanghengdev/MutualGuide at fd2c4cc) re-created around their own modules
+(their Detector, preproc, PriorBox, MultiBoxLoss, detection_collate), on the CPU, from scratch, for the
+side-by-side scripts. main.py itself cannot be imported (it parses the command line and trains at import), so
+its three rules are written out here from reading it:
 
 - parameter groups (`tencent_trick`): no weight decay on 1-D tensors and on names ending in ".bias";
 - SGD, momentum 0.9, weight decay 5e-4;
-- the LR before the step of iteration i (`adjust_learning_rate`), see `seed_lr`;
+- the LR before the step of iteration i (`adjust_learning_rate`), see `paper_lr`;
 - an epoch is len(dataset) // batch iterations; each epoch starts a new shuffled DataLoader (4 workers in
   main.py), so the last, incomplete batch of every epoch is never drawn.
 """
@@ -21,20 +21,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from seed_code import import_seed, seed_networks  # noqa: E402
+from paper_code import import_paper, paper_networks  # noqa: E402
 
-SEED_FLOOR_LR = 1e-6  # main.py's warm-up start and cosine floor
+PAPER_FLOOR_LR = 1e-6  # main.py's warm-up start and cosine floor
 
 
-def seed_lr(base_lr, iteration, warm_iter, max_iter):
+def paper_lr(base_lr, iteration, warm_iter, max_iter):
     """main.py's `adjust_learning_rate`: linear from 1e-6 up to iteration warm_iter, then cosine down to 1e-6."""
     if iteration <= warm_iter:
-        return SEED_FLOOR_LR + (base_lr - SEED_FLOOR_LR) * iteration / warm_iter
+        return PAPER_FLOOR_LR + (base_lr - PAPER_FLOOR_LR) * iteration / warm_iter
     progress = (iteration - warm_iter) / (max_iter - warm_iter)
-    return SEED_FLOOR_LR + (base_lr - SEED_FLOOR_LR) * 0.5 * (1 + math.cos(progress * math.pi))
+    return PAPER_FLOOR_LR + (base_lr - PAPER_FLOOR_LR) * 0.5 * (1 + math.cos(progress * math.pi))
 
 
-def seed_param_groups(model):
+def paper_param_groups(model):
     """main.py's `tencent_trick`: [no-decay group (1-D tensors, biases), decay group]."""
     no_decay, decay = [], []
     for name, param in model.named_parameters():
@@ -43,18 +43,18 @@ def seed_param_groups(model):
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay}]
 
 
-def seed_optimizer(model, base_lr):
-    return torch.optim.SGD(seed_param_groups(model), lr=base_lr, momentum=0.9, weight_decay=5e-4)
+def paper_optimizer(model, base_lr):
+    return torch.optim.SGD(paper_param_groups(model), lr=base_lr, momentum=0.9, weight_decay=5e-4)
 
 
-def build_seed_model(seed_repo, size, num_classes, backbone="ShuffleNetV2", neck="FPN", pretrained=""):
+def build_paper_model(paper_repo, size, num_classes, backbone="ShuffleNetV2", neck="FPN", pretrained=""):
     """
-    The seed's Detector (num_classes objects + its background slot). The seed downloads torchvision's ImageNet
-    weights into its backbone; here nothing is downloaded: `pretrained` is that file on disk (loaded as the
-    seed's `load_pre_trained_weights` does, strict=False), or "" to start from scratch.
+    The authors' Detector (num_classes objects + its background slot). Their code downloads torchvision's
+    ImageNet weights into its backbone; here nothing is downloaded: `pretrained` is that file on disk (loaded as
+    their `load_pre_trained_weights` does, strict=False), or "" to start from scratch.
     """
-    detector, *backbones = import_seed(
-        seed_repo, "models.detector", "models.vgg_backbone", "models.resnet_backbone", "models.repvgg_backbone",
+    detector, *backbones = import_paper(
+        paper_repo, "models.detector", "models.vgg_backbone", "models.resnet_backbone", "models.repvgg_backbone",
         "models.shufflenet_backbone",
     )
     for module in backbones:
@@ -64,20 +64,20 @@ def build_seed_model(seed_repo, size, num_classes, backbone="ShuffleNetV2", neck
                     (lambda self: self.load_state_dict(torch.load(pretrained, map_location="cpu"), strict=False))
                     if pretrained else (lambda self: None)
                 )
-    return detector.Detector(size, num_classes + 1, seed_networks(backbone), seed_networks(neck))
+    return detector.Detector(size, num_classes + 1, paper_networks(backbone), paper_networks(neck))
 
 
-def seed_criterion(seed_repo, num_classes, size, mutual_guide):
-    """(MultiBoxLoss, priors) of the seed, as main.py builds them (base anchor 24)."""
-    loss_module, prior_module = import_seed(seed_repo, "utils.loss.multibox_loss", "utils.box.prior_box")
+def paper_criterion(paper_repo, num_classes, size, mutual_guide):
+    """(MultiBoxLoss, priors) of the authors' code, as their main.py builds them (base anchor 24)."""
+    loss_module, prior_module = import_paper(paper_repo, "utils.loss.multibox_loss", "utils.box.prior_box")
     priors = prior_module.PriorBox(24.0, size).forward()
     return loss_module.MultiBoxLoss(num_classes + 1, mutual_guide=mutual_guide), priors
 
 
-class SeedDataset(Dataset):
+class PaperDataset(Dataset):
     """
-    Our dataset dicts read as the seed's datasets read theirs: cv2.imread, boxes [x1, y1, x2, y2, label 1..C]
-    in float64 (the dicts' XYXY numbers), then the seed's `preproc` (or none, for a plain resize).
+    Our dataset dicts read as the authors' datasets read theirs: cv2.imread, boxes [x1, y1, x2, y2, label 1..C]
+    in float64 (the dicts' XYXY numbers), then their `preproc` (or none, for a plain resize).
     """
 
     def __init__(self, dicts, preproc):
@@ -98,8 +98,8 @@ class SeedDataset(Dataset):
         return self.preproc(cv2.imread(file_name, cv2.IMREAD_COLOR), targets.copy())
 
 
-def train_seed(seed_repo, dicts, *, size, num_classes, backbone, neck, mutual_guide, base_lr, warm_iter, max_iter,
-               batch, workers, seed, log_every=50, on_step=None, pretrained=""):
+def train_paper_loop(paper_repo, dicts, *, size, num_classes, backbone, neck, mutual_guide, base_lr, warm_iter,
+                     max_iter, batch, workers, seed, log_every=50, on_step=None, pretrained=""):
     """
     main.py's training loop on `dicts` (our dataset dicts of the training set); returns the trained model.
     `seed` seeds torch, numpy and random (main.py leaves its seeding commented out).
@@ -107,17 +107,17 @@ def train_seed(seed_repo, dicts, *, size, num_classes, backbone, neck, mutual_gu
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    data_augment, voc = import_seed(seed_repo, "data.data_augment", "data.voc0712")
-    model = build_seed_model(seed_repo, size, num_classes, backbone, neck, pretrained).train()
-    optimizer = seed_optimizer(model, base_lr)
-    criterion, priors = seed_criterion(seed_repo, num_classes, size, mutual_guide)
-    dataset = SeedDataset(dicts, data_augment.preproc(size))
+    data_augment, voc = import_paper(paper_repo, "data.data_augment", "data.voc0712")
+    model = build_paper_model(paper_repo, size, num_classes, backbone, neck, pretrained).train()
+    optimizer = paper_optimizer(model, base_lr)
+    criterion, priors = paper_criterion(paper_repo, num_classes, size, mutual_guide)
+    dataset = PaperDataset(dicts, data_augment.preproc(size))
     epoch_size = len(dataset) // batch
     for iteration in range(max_iter):
         if iteration % epoch_size == 0:
             batches = iter(DataLoader(dataset, batch, shuffle=True, num_workers=workers,
                                       collate_fn=voc.detection_collate))  # torch seeds each worker's `random`
-        lr = seed_lr(base_lr, iteration, warm_iter, max_iter)
+        lr = paper_lr(base_lr, iteration, warm_iter, max_iter)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, targets = next(batches)
@@ -129,6 +129,6 @@ def train_seed(seed_repo, dicts, *, size, num_classes, backbone, neck, mutual_gu
         if on_step is not None:
             on_step(iteration)
         if iteration % log_every == 0 or iteration == max_iter - 1:
-            print(f"[seed loop] iter {iteration} lr {lr:.6f} loss {loss.item():.4f} (box {loss_l.item():.4f} "
+            print(f"[paper loop] iter {iteration} lr {lr:.6f} loss {loss.item():.4f} (box {loss_l.item():.4f} "
                   f"cls {loss_c.item():.4f})", flush=True)
     return model
