@@ -11,7 +11,8 @@ add_mutual_guide_config then chose from torch.cuda.is_available().
 
 When a resolved value changes on purpose (a new default, a schedule fixed), either list the key in
 tests/test_resolved_configs.py's CHANGED_ON_PURPOSE with the reason, or regenerate the snapshot and commit it
-with the change, after reading its diff (every line of it is a value some config now resolves to differently):
+with the change, after reading its diff (every line of it is a value some config now resolves to differently;
+the entries of CHANGED_ON_PURPOSE the new snapshot records can then go):
 
     PYTHONPATH=projects/MutualGuide .venv/bin/python tools/snapshot_resolved_configs.py
     git diff tests/snapshots/resolved_configs.json
