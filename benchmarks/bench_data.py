@@ -69,6 +69,8 @@ def per_worker_rate(args, dicts):
     paper = PaperDataset(dicts, data_augment.preproc(args.size))
     cfg = get_cfg()
     mutual_guide.add_mutual_guide_config(cfg)
+    # the paper's pixel mean, the zoom-out's fill
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-MutualGuide.yaml"))
     cfg.INPUT.SIZE = args.size
     ours = MutualGuideDatasetMapper(cfg, is_train=True)
     torch.set_num_threads(1)  # as in a loader worker

@@ -40,6 +40,7 @@ from mutual_guide.data.augmentation import (
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from paper_code import add_paper_repo_argument, import_paper  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERP_NAMES = {cv2.INTER_LINEAR: "linear", cv2.INTER_CUBIC: "cubic", cv2.INTER_AREA: "area",
                 cv2.INTER_NEAREST: "nearest", cv2.INTER_LANCZOS4: "lanczos"}
 
@@ -126,6 +127,8 @@ class OurRecorder:
     def __init__(self, size):
         cfg = get_cfg()
         mutual_guide.add_mutual_guide_config(cfg)
+        # the paper's pixel mean, the zoom-out's fill
+        cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-MutualGuide.yaml"))
         cfg.INPUT.SIZE = size
         self.mapper = MutualGuideDatasetMapper(cfg, is_train=True)
 

@@ -50,10 +50,13 @@ def voc_mini_root():
 
 
 def make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80):
-    """A CPU config of the given network, every other key at the project's default."""
+    """A CPU config of the given network, every other key as configs/Base-MutualGuide.yaml sets it (the paper's
+    detector), but without ImageNet weights (nothing is downloaded)."""
     cfg = get_cfg()
     add_mutual_guide_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-MutualGuide.yaml"))
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.PRETRAINED = ""
     cfg.MODEL.BACKBONE.NAME = backbone
     cfg.MODEL.NECK.NAME = neck
     cfg.INPUT.SIZE = size

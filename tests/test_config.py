@@ -48,7 +48,8 @@ def _value(cfg, key):
 
 
 def repeated_values(path):
-    """The keys `path` sets to the value it would inherit anyway (from its _BASE_, or from the defaults)."""
+    """The keys `path` sets to the value it would inherit anyway: from its _BASE_, or (a file without one, or its
+    base) from detectron2's defaults with the keys add_mutual_guide_config declares."""
     import yaml
 
     with open(path) as f:
@@ -63,15 +64,35 @@ def repeated_values(path):
 
 
 def test_base_configs_hold_only_what_differs_from_what_they_inherit(tmp_path):
-    for name in ("Base-MutualGuide.yaml", "Base-VOC.yaml", "Base-COCO.yaml"):
+    for name in ("Base-MutualGuide.yaml", "Base-VOC.yaml", "Base-COCO.yaml", "Base-RetinaNet-MG.yaml"):
         assert repeated_values(os.path.join(CONFIG_DIR, name)) == [], name
-    # the check can fail: a base that restates add_mutual_guide_config's input size and class count
+    # the check can fail: a base that restates add_mutual_guide_config's input size and class count, and
+    # detectron2's momentum; a file of its own that restates detectron2's ResNet depth
     shutil.copy(os.path.join(CONFIG_DIR, "Base-MutualGuide.yaml"), tmp_path / "Base-MutualGuide.yaml")
     (tmp_path / "Base-COCO.yaml").write_text(
         '_BASE_: "Base-MutualGuide.yaml"\nINPUT:\n  SIZE: 320\nMODEL:\n  MUTUAL_GUIDE:\n    NUM_CLASSES: 80\n'
-        "SOLVER:\n  MAX_ITER: 10\n"
+        "SOLVER:\n  MAX_ITER: 10\n  MOMENTUM: 0.9\n"
     )
-    assert repeated_values(str(tmp_path / "Base-COCO.yaml")) == ["INPUT.SIZE", "MODEL.MUTUAL_GUIDE.NUM_CLASSES"]
+    assert repeated_values(str(tmp_path / "Base-COCO.yaml")) == [
+        "INPUT.SIZE", "MODEL.MUTUAL_GUIDE.NUM_CLASSES", "SOLVER.MOMENTUM"
+    ]
+    (tmp_path / "Base-RetinaNet.yaml").write_text(
+        'MODEL:\n  META_ARCHITECTURE: "MutualGuideRetinaNet"\n  RESNETS:\n    DEPTH: 50\n'
+    )
+    assert repeated_values(str(tmp_path / "Base-RetinaNet.yaml")) == ["MODEL.RESNETS.DEPTH"]
+
+
+def test_add_mutual_guide_config_sets_no_key_of_detectron2():
+    """Its keys are new ones only; detectron2's keys take their values from the YAML files (Base-MutualGuide.yaml)."""
+    import yaml
+
+    detectron2 = _flat(yaml.safe_load(get_cfg().dump()))
+    ours = get_cfg()
+    assert mutual_guide.add_mutual_guide_config(ours) is ours
+    ours = _flat(yaml.safe_load(ours.dump()))
+    assert {k: v for k, v in detectron2.items() if ours[k] != v} == {}
+    assert {"INPUT.SIZE", "MODEL.NECK.NAME", "MODEL.MUTUAL_GUIDE.ENABLED", "DATASETS.BOX_CONVENTION"} < set(ours) - set(
+        detectron2)
 
 
 def config_reads(sources):
@@ -189,3 +210,18 @@ def test_amp_is_refused_without_cuda():
     cfg = load(os.path.join(CONFIG_DIR, "mg_resnet18_ssd_voc.yaml"), "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cpu")
     with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
         check_amp_supported(cfg)
+
+
+def test_cuda_is_refused_before_anything_is_built_on_a_machine_without_it(monkeypatch, tmp_path):
+    """The paper configs keep detectron2's MODEL.DEVICE "cuda": without CUDA, setup stops at once, naming the key."""
+    import train_net
+
+    from mutual_guide.engine.preflight import check_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = os.path.join(CONFIG_DIR, "mg_shufflenet_ssd_voc.yaml")
+    args = train_net.argument_parser().parse_args(["--config-file", config, "OUTPUT_DIR", str(tmp_path / "run")])
+    with pytest.raises(ValueError, match=r"MODEL.DEVICE: .*CUDA is not available.*set `MODEL.DEVICE cpu`"):
+        train_net.setup(args)
+    assert not (tmp_path / "run").exists()  # refused before the output folder or the log is made
+    check_config(load(config, "MODEL.DEVICE", "cpu"))  # the fix the message gives is enough

@@ -2,25 +2,18 @@
 
 import pytest
 import torch
+from conftest import make_cfg
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-import mutual_guide
 from mutual_guide.modeling.batching import batch_ground_truth
 
 SIZE = 128
 
 
 def make_model(mutual_guidance=True, num_classes=3):
-    cfg = get_cfg()
-    mutual_guide.add_mutual_guide_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "ShuffleNetV2"
-    cfg.MODEL.NECK.NAME = "SSD"
-    cfg.INPUT.SIZE = SIZE
-    cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
+    cfg = make_cfg("ShuffleNetV2", "SSD", SIZE, num_classes)
     cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
     torch.manual_seed(0)
     return build_model(cfg)

@@ -1,26 +1,18 @@
 """Config keys of the Mutual Guidance project.
 
-`add_mutual_guide_config(cfg)` declares every key this project reads, on top of detectron2's defaults.
-Each section belongs to one part of the package; the comment on each key says what it changes.
+`add_mutual_guide_config(cfg)` declares the keys this project adds to detectron2's, each with its default and a
+one-line comment; it sets no key detectron2 already has. The detectron2 keys the paper's detector sets otherwise
+(meta-architecture, pixel mean, solver, batch, detections per image...) are in configs/Base-MutualGuide.yaml, the
+base of every Mutual Guidance config; configs/Base-RetinaNet-MG.yaml sets those of detectron2's RetinaNet.
 """
-import torch
-
 from detectron2.config import CfgNode as CN
 
 
 def add_mutual_guide_config(cfg):
-    """Declare the project's keys and set detectron2 keys to the paper's values."""
+    """Declare the project's keys (none of detectron2's) with their defaults on `cfg`; returns `cfg`."""
     _C = cfg
 
     # ---------------------------------------------------------------- model
-    _C.MODEL.META_ARCHITECTURE = "MutualGuideDetector"
-    # detectron2 defaults to "cuda"; on a machine without a GPU the same configs then run on the CPU.
-    _C.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    # Images are BGR 0-255 minus the ImageNet mean in BGR order, not divided (the paper's preprocessing).
-    _C.MODEL.PIXEL_MEAN = [104.0, 117.0, 123.0]
-    _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
-
-    _C.MODEL.BACKBONE.NAME = "VGG16"  # one of VGG16, ResNet18, RepVGG, ShuffleNetV2
     # ImageNet initialisation of the backbone, applied by the trainer when a training run starts without
     # MODEL.WEIGHTS (never by build_model): "" (none), "torchvision" (torchvision's published weights, fetched by
     # torchvision's own loader) or the path of a local file holding a torchvision-style state dict.
@@ -40,8 +32,8 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE = 24.0  # anchor side at stride 8; level k uses BASE * 2**k
     # below the first: negative; at or above the second: positive (MutualGuideRetinaNet: MODEL.RETINANET's)
     _C.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS = [0.4, 0.5]
-    # What an ignored anchor leaves out of the classification loss: "anchor", all its class scores (the seed,
-    # fd2c4cc), or "class", only the score of the class it is ignored for (the authors' later code, a192256 on).
+    # What an ignored anchor leaves out of the classification loss: "anchor", all its class scores (the paper's
+    # code, fd2c4cc), or "class", only the score of the class it is ignored for (the authors' later code, a192256 on).
     # MutualGuideRetinaNet has RetinaNet's rule, "anchor", only.
     _C.MODEL.MUTUAL_GUIDE.IGNORE = "anchor"
     _C.MODEL.MUTUAL_GUIDE.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD variances 0.1/0.2
@@ -66,7 +58,6 @@ def add_mutual_guide_config(cfg):
     # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
     # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
     _C.MODEL.MUTUAL_GUIDE.FINETUNE = False
-    _C.TEST.DETECTIONS_PER_IMAGE = 300
     # Best (anchor, class) pairs of each pyramid level kept per image before NMS (detectron2 RetinaNet's
     # TOPK_CANDIDATES_TEST); <= 0 keeps every pair above the score threshold, as the paper's code.
     _C.TEST.TOPK_CANDIDATES = 1000
@@ -78,8 +69,7 @@ def add_mutual_guide_config(cfg):
     # "DatasetMapper" (detectron2's) for RetinaNet-style detectors that take images of any size.
     _C.INPUT.DATASET_MAPPER = "MutualGuideDatasetMapper"
     _C.INPUT.SIZE = 320  # square input side (multiple of 64); 4 pyramid levels below 512, 5 from 512
-    _C.INPUT.FORMAT = "BGR"
-    # The seed's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,
+    # The paper's code's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,
     # mirror, resize with a random OpenCV interpolation. False: resize only (cv2.INTER_LINEAR).
     _C.INPUT.MG_AUGMENT = True
     _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out canvas area up to this ratio squared (scale 1 to this ratio)
@@ -87,15 +77,13 @@ def add_mutual_guide_config(cfg):
     # After augmentation a box is kept when its shorter side is more than this fraction of the image side.
     _C.INPUT.MIN_BOX_SIDE_RATIO = 0.01
     # Hue shift of the colour distortion, in units of OpenCV's uint8 hue channel (0-180, 2 degrees a unit): the
-    # seed adds an integer in [-18, 18], i.e. up to 36 degrees.
+    # paper's code adds an integer in [-18, 18], i.e. up to 36 degrees.
     _C.INPUT.HUE_DELTA = 18
-    # Crowd annotations (iscrowd=1) train as objects of their class, as the seed's COCO loader reads them
+    # Crowd annotations (iscrowd=1) train as objects of their class, as the paper's COCO loader reads them
     # (getAnnIds with iscrowd=None); False leaves them out of training, as detectron2's mappers do.
     _C.INPUT.TRAIN_CROWD_BOXES = True
 
     # ---------------------------------------------------------------- data loading
-    # Square inputs need no aspect grouping, and the seed batches images in random order without it.
-    _C.DATALOADER.ASPECT_RATIO_GROUPING = False
     # Page-locked training batches (faster host-to-GPU copies); used only when MODEL.DEVICE is a CUDA device.
     _C.DATALOADER.PIN_MEMORY = True
 
@@ -113,24 +101,10 @@ def add_mutual_guide_config(cfg):
     # run before the first iteration; True leaves them out instead, listed and counted in the log.
     _C.DATALOADER.SKIP_BAD_IMAGES = False
 
-    # ---------------------------------------------------------------- solver (the paper's schedule)
-    # SGD, momentum 0.9, weight decay 5e-4 except on biases and norm layers (the seed's `tencent_trick`).
+    # ---------------------------------------------------------------- solver
+    # Read by nothing: training uses detectron2's SGD (DefaultTrainer.build_optimizer); declared so that a config
+    # naming it ("SGD") still loads.
     _C.SOLVER.OPTIMIZER = "SGD"
-    _C.SOLVER.BASE_LR = 0.01
-    _C.SOLVER.MOMENTUM = 0.9
-    _C.SOLVER.WEIGHT_DECAY = 5e-4
-    _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
-    _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
-    _C.SOLVER.BIAS_LR_FACTOR = 1.0
-    _C.SOLVER.IMS_PER_BATCH = 32
-    # The seed's rule (solver.py): linear warm-up from BASE_LR_END to BASE_LR over WARMUP_ITERS, then cosine
-    # from BASE_LR to BASE_LR_END over the remaining iterations; WARMUP_FACTOR and RESCALE_INTERVAL are not
-    # read by it. detectron2's names (e.g. "WarmupCosineLR") still work.
-    _C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineFloorLR"
-    _C.SOLVER.BASE_LR_END = 1e-6
-    _C.SOLVER.WARMUP_ITERS = 500
-    _C.SOLVER.WARMUP_FACTOR = 1e-3
-    _C.SOLVER.WARMUP_METHOD = "linear"
 
     # ---------------------------------------------------------------- evaluation and drawing
     _C.TEST.DRAW = False  # draw predictions of an evaluation run into OUTPUT_DIR/draw/<dataset>/
@@ -138,7 +112,4 @@ def add_mutual_guide_config(cfg):
     _C.TEST.DRAW_SCORE_THRESH = 0.3
     # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
     _C.TEST.BEST_METRIC = "bbox/AP50"
-    # detectron2's key, read by the detector: every this many training iterations, a few of the batch's images with
-    # their ground truth and the anchors each task trains on go to TensorBoard (training_samples.py); 0: never.
-    _C.VIS_PERIOD = 0
     return cfg

@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from mutual_guide.data.box_convention import check_box_convention
+from mutual_guide.engine.devices import check_device
 from mutual_guide.modeling.neck import NECK_REGISTRY
 
 __all__ = [
@@ -43,6 +44,12 @@ def check_config(cfg, training=True):
             return False
         return True
 
+    try:
+        check_device(cfg.MODEL.DEVICE)
+    except ValueError as e:
+        # detectron2's default is "cuda": a machine without CUDA needs the key set, not a failure mid-build
+        hint = "; set `MODEL.DEVICE cpu` to run on the CPU" if str(cfg.MODEL.DEVICE).startswith("cuda") else ""
+        bad.append(f"MODEL.DEVICE: {e}{hint}")
     size = cfg.INPUT.SIZE
     if not isinstance(size, int) or size <= 0 or size % 64:
         bad.append(f"INPUT.SIZE must be a positive multiple of 64 (320, 512...), got {size!r}")
