@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_cfg
 from train_net import Trainer
 
 from detectron2.modeling import build_model
@@ -33,7 +32,7 @@ def lrs_of(cfg, iterations):
 
 
 @pytest.mark.parametrize("base_lr", [0.01, 0.0025])
-def test_lr_follows_the_seed_formula(base_lr):
+def test_lr_follows_the_seed_formula(base_lr, make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = base_lr, 100, 600
     iterations = [0, 1, 50, 99, 100, 101, 350, 598, 599]
@@ -48,14 +47,14 @@ def test_lr_follows_the_seed_formula(base_lr):
     assert at[599].pop() == pytest.approx(1e-6 + (base_lr - 1e-6) * 0.5 * (1 + math.cos(499 * math.pi / 500)))
 
 
-def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line():
+def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line(make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = 0.01, 500, 20
     for i, lrs in lrs_of(cfg, [0, 1, 10, 19]).items():
         assert lrs.pop() == pytest.approx(seed_lr(0.01, i, 500, 20), rel=1e-9), i
 
 
-def test_detectron2_schedulers_still_available():
+def test_detectron2_schedulers_still_available(make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_FACTOR = 0.01, 10, 100, 1e-3
@@ -66,7 +65,9 @@ def test_detectron2_schedulers_still_available():
     "key, value, message",
     [("BASE_LR_END", 0.02, "BASE_LR_END"), ("WARMUP_ITERS", -1, "WARMUP_ITERS")],
 )
-def test_bad_schedule_is_refused_naming_the_key(key, value, message):
+
+
+def test_bad_schedule_is_refused_naming_the_key(key, value, message, make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.MAX_ITER = 600
     setattr(cfg.SOLVER, key, value)
@@ -76,7 +77,7 @@ def test_bad_schedule_is_refused_naming_the_key(key, value, message):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"])
-def test_parameter_groups_are_the_seeds(backbone):
+def test_parameter_groups_are_the_seeds(backbone, make_cfg):
     """main.py's tencent_trick: no weight decay on 1-D tensors and on names ending in '.bias'; SGD momentum 0.9."""
     for neck in ("SSD", "FPN", "PAFPN", "RFB"):
         model = build_model(make_cfg(backbone, neck, size=320, num_classes=20))

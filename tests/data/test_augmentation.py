@@ -2,7 +2,6 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import make_cfg
 
 from detectron2.data import transforms as T
 from detectron2.data.transforms import CropTransform
@@ -35,7 +34,7 @@ def _run(augs, image, boxes):
 
 
 # ----------------------------------------------------------------------------- order
-def test_recipe_is_the_seeds_order():
+def test_recipe_is_the_seeds_order(make_cfg):
     augs = build_augmentation(make_cfg(size=320), is_train=True)
     assert [type(a) for a in augs] == [
         RandomMinIoUCrop, PhotometricDistortion, RandomExpand, T.RandomFlip, RandomInterpolationResize
@@ -234,7 +233,7 @@ def test_min_side_keep_is_strict():
 
 
 # ----------------------------------------------------------------------------- the whole recipe
-def test_full_recipe_invariants_and_determinism():
+def test_full_recipe_invariants_and_determinism(make_cfg):
     boxes = np.array([[10, 20, 120, 90], [100, 5, 190, 60], [40, 100, 80, 140]], dtype=np.float32)
     augs = build_augmentation(make_cfg(size=320), is_train=True)
     for seed in range(30):
@@ -253,7 +252,7 @@ def test_full_recipe_invariants_and_determinism():
     assert not np.array_equal(results[0].image, results[2].image)
 
 
-def test_no_augment_is_resize_only():
+def test_no_augment_is_resize_only(make_cfg):
     cfg = make_cfg(size=64)
     assert [type(a) for a in build_augmentation(cfg, is_train=False)] == [RandomInterpolationResize]
     cfg.INPUT.MG_AUGMENT = False

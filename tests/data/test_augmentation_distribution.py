@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_cfg
 
 from mutual_guide.data import MutualGuideDatasetMapper
 from mutual_guide.data.augmentation import CropTransform, ExpandTransform, PhotometricDistortion
@@ -42,45 +41,49 @@ def ci_input():
     return image, boxes
 
 
-def our_statistics(image, boxes):
-    mapper = MutualGuideDatasetMapper(make_cfg(size=320), is_train=True)
-    values = {key: [] for key in SEED}
-    values["interpolation"], values["fallback"] = [], []
-    h, w = image.shape[:2]
-    np.random.seed(0)
-    for _ in range(N):
-        aug_input, tfms = mapper.augment(image, boxes)
-        values["fallback"].append(not len(aug_input.boxes))
-        if values["fallback"][-1]:
-            continue
-        crop = [t for t in tfms.transforms if isinstance(t, CropTransform)]
-        values["cropped"].append(bool(crop))
-        ch, cw = (crop[0].h, crop[0].w) if crop else (h, w)
-        if crop:
-            values["crop area"].append(cw * ch / (w * h))
-            values["crop aspect (log)"].append(math.log((cw / w) / (ch / h)))
-        expand = [t for t in tfms.transforms if isinstance(t, ExpandTransform)]
-        values["expanded"].append(bool(expand))
-        if expand:
-            e = expand[0]
-            eh, ew = ch + e.y0 + e.y1, cw + e.x0 + e.x1
-            values["canvas scale"].append(math.sqrt(eh * ew / (ch * cw)))
-            values["canvas aspect (log)"].append(math.log((ew / cw) / (eh / ch)))
-        wh = aug_input.boxes[:, 2:] - aug_input.boxes[:, :2]
-        values["boxes kept"].append(len(wh) / len(boxes))
-        values["box side (px), mean of a sample"].append(np.sqrt(wh[:, 0] * wh[:, 1]).mean())
-        values["box aspect (log), mean of a sample"].append(np.log(wh[:, 0] / wh[:, 1]).mean())
-        values["a box side < 8 px"].append(bool((wh.min(axis=1) < 8).any()))
-        values["interpolation"].append(tfms.transforms[-1].interp)
-    distortion = PhotometricDistortion()
-    hsv_in = cv2_hsv(image)
-    for _ in range(N):
-        out = distortion.get_transform(image).apply_image(image)
-        values["colour: mean B shift"].append(out[..., 0].mean() - image[..., 0].mean())
-        hsv = cv2_hsv(out)
-        values["colour: mean saturation shift"].append(hsv[..., 1].mean() - hsv_in[..., 1].mean())
-        values["colour: hue changed"].append(np.abs(hsv[..., 0] - hsv_in[..., 0]).mean() > 4)
-    return values
+@pytest.fixture
+def our_statistics(make_cfg):
+    def build(image, boxes):
+        mapper = MutualGuideDatasetMapper(make_cfg(size=320), is_train=True)
+        values = {key: [] for key in SEED}
+        values["interpolation"], values["fallback"] = [], []
+        h, w = image.shape[:2]
+        np.random.seed(0)
+        for _ in range(N):
+            aug_input, tfms = mapper.augment(image, boxes)
+            values["fallback"].append(not len(aug_input.boxes))
+            if values["fallback"][-1]:
+                continue
+            crop = [t for t in tfms.transforms if isinstance(t, CropTransform)]
+            values["cropped"].append(bool(crop))
+            ch, cw = (crop[0].h, crop[0].w) if crop else (h, w)
+            if crop:
+                values["crop area"].append(cw * ch / (w * h))
+                values["crop aspect (log)"].append(math.log((cw / w) / (ch / h)))
+            expand = [t for t in tfms.transforms if isinstance(t, ExpandTransform)]
+            values["expanded"].append(bool(expand))
+            if expand:
+                e = expand[0]
+                eh, ew = ch + e.y0 + e.y1, cw + e.x0 + e.x1
+                values["canvas scale"].append(math.sqrt(eh * ew / (ch * cw)))
+                values["canvas aspect (log)"].append(math.log((ew / cw) / (eh / ch)))
+            wh = aug_input.boxes[:, 2:] - aug_input.boxes[:, :2]
+            values["boxes kept"].append(len(wh) / len(boxes))
+            values["box side (px), mean of a sample"].append(np.sqrt(wh[:, 0] * wh[:, 1]).mean())
+            values["box aspect (log), mean of a sample"].append(np.log(wh[:, 0] / wh[:, 1]).mean())
+            values["a box side < 8 px"].append(bool((wh.min(axis=1) < 8).any()))
+            values["interpolation"].append(tfms.transforms[-1].interp)
+        distortion = PhotometricDistortion()
+        hsv_in = cv2_hsv(image)
+        for _ in range(N):
+            out = distortion.get_transform(image).apply_image(image)
+            values["colour: mean B shift"].append(out[..., 0].mean() - image[..., 0].mean())
+            hsv = cv2_hsv(out)
+            values["colour: mean saturation shift"].append(hsv[..., 1].mean() - hsv_in[..., 1].mean())
+            values["colour: hue changed"].append(np.abs(hsv[..., 0] - hsv_in[..., 0]).mean() > 4)
+        return values
+
+    return build
 
 
 def cv2_hsv(image):
@@ -90,7 +93,7 @@ def cv2_hsv(image):
 
 
 @pytest.mark.slow
-def test_distributions_match_the_seeds(ci_input):
+def test_distributions_match_the_seeds(ci_input, our_statistics):
     values = our_statistics(*ci_input)
     failures = []
     for key, (mean, std, n) in SEED.items():

@@ -1,24 +1,35 @@
 """demo.py: class names of COCO-json and VOC datasets, --json, videos, the webcam's refusal, and every kind of bad
 input in one batch (the others still drawn, each failure naming its file)."""
-import json
 import os
-import re
-import uuid
 
 import cv2
 import demo
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
-from PIL import Image
+from conftest import ROOT, VOC_MINI_DATASET
 
+from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
+from mutual_guide import add_mutual_guide_config
+from mutual_guide.data import register_custom_datasets
+from mutual_guide.utils.drawing import draw_predictions
+
+import json
+import re
+import uuid
+
+
+from mutual_guide.data import make_synthetic_dataset
+
+
+from PIL import Image
+
+
 from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
 from mutual_guide.engine.predictor import MutualGuidePredictor
-from mutual_guide.utils.drawing import draw_predictions
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 CLASSES = ["circle", "square", "triangle"]
@@ -238,3 +249,64 @@ def test_every_kind_of_bad_input_in_one_batch(shapes, tmp_path, logged):
     result = run(["--input", inputs / "gray.png"], inputs, opts=shapes["opts"])
     assert result == ("exit", 1) and "its drawing would overwrite an input" in "\n".join(messages)
     assert (cv2.imread(str(inputs / "gray.png"), cv2.IMREAD_UNCHANGED) == 90).all()
+
+
+# ----------------------------------------------------------------------------- demo.py
+def _demo(tmp_path, inputs, *extra):
+    import demo
+
+    return demo.main(["--config-file", os.path.join(ROOT, "configs", "demo_shapes.yaml"), "--input", *inputs,
+                      "--output", str(tmp_path / "drawn"), *extra,
+                      "--opts", "MODEL.DEVICE", "cpu", "INPUT.SIZE", "64"])
+
+
+def test_demo_refuses_random_weights(tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((40, 50, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit_:
+        _demo(tmp_path, [str(tmp_path / "a.jpg")])
+    assert exit_.value.code == 2
+    assert "MODEL.WEIGHTS is not set, so the network would be randomly initialised" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "drawn")
+
+
+def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, logged):
+    messages = logged("demo")
+    rng = np.random.RandomState(0)
+    for path in ("a/photo.jpg", "a/photo.png", "b/photo.jpg"):
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        cv2.imwrite(str(tmp_path / path), rng.randint(0, 255, (40, 50, 3)).astype(np.uint8))
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as exit_:
+        _demo(tmp_path, [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "none" / "*.jpg")],
+              "--allow-random-weights")
+    assert exit_.value.code == 1
+    drawn = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "drawn")
+                   for d, _, fs in os.walk(tmp_path / "drawn") for f in fs)
+    assert drawn == ["a/photo.jpg", "a/photo.png", "b/photo.jpg"]
+    log = "\n".join(messages)
+    assert "2 input(s) failed, 3 drawn" in log
+    assert re.search(r"a/broken.jpg: OSError: cannot read the image", log)
+    assert re.search(r"none/\*.jpg: matches no image file", log)
+
+
+@pytest.mark.slow
+def test_demo_script_draws_a_folder(voc_mini_root, tmp_path, voc_mini_cfg):
+    torch.manual_seed(0)
+    cfg = voc_mini_cfg()
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    out = tmp_path / "drawn"
+    count = demo.main([
+        "--config-file", os.path.join(ROOT, "configs", "mg_shufflenet_ssd_voc.yaml"),
+        "--input", os.path.join(voc_mini_root, "JPEGImages"),
+        "--output", str(out), "--confidence-threshold", "0.0",
+        "--opts", "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu",
+        "DATASETS.CUSTOM", str(cfg.DATASETS.CUSTOM), "DATASETS.TEST", f"('{VOC_MINI_DATASET}',)",
+    ])
+    assert count == 2
+    for name, size in (("000001.jpg", (725, 512)), ("000002.jpg", (764, 512))):
+        drawn = cv2.imread(str(out / name))
+        original = cv2.imread(os.path.join(voc_mini_root, "JPEGImages", name))
+        enlarged = cv2.resize(original, size[::-1], interpolation=cv2.INTER_LINEAR)
+        assert drawn.shape == (*size, 3)
+        assert np.abs(drawn.astype(int) - enlarged.astype(int)).mean() > 10  # 300 boxes drawn over it
