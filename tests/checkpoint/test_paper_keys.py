@@ -1,6 +1,4 @@
-"""
-Checkpoints in the authors' key layout: the conversion both ways, and loading them into our detector.
-"""
+"""Checkpoints in the authors' key layout: the conversion both ways, and loading them into our detector."""
 import pytest
 import torch
 

@@ -1,7 +1,7 @@
 """
-Our augmentation's distributions locked to the seed's: means measured from the seed's `preproc` (fd2c4cc) with
+Our augmentation's distributions locked to the authors': means measured from the authors' `preproc` (fd2c4cc) with
 `benchmarks/check_seed_augmentation.py --ci-input --samples 20000` on the generated input below; ours must lie
-within 4 standard errors of sampling (ours from N samples, the seed's from its n), a z-test that a wrong
+within 4 standard errors of sampling (ours from N samples, the authors' from their n), a z-test that a wrong
 order, canvas, crop sampler, colour range or size rule fails (the order and canvas of the SSD recipe this
 replaced move "canvas aspect" by 0.14 and "box side" by several pixels).
 """
@@ -14,8 +14,8 @@ from mutual_guide.data import MutualGuideDatasetMapper
 from mutual_guide.data.augmentation import CropTransform, ExpandTransform, PhotometricDistortion
 
 N = 800
-# statistic: (mean, standard deviation, samples) of the seed
-SEED = {
+# statistic: (mean, standard deviation, samples) of the authors' code
+PAPER = {
     "cropped": (0.4950, 0.5000, 20000),
     "crop area": (0.5020, 0.2544, 9900),
     "crop aspect (log)": (0.1077, 0.3178, 9900),
@@ -45,7 +45,7 @@ def ci_input():
 def our_statistics(make_cfg):
     def build(image, boxes):
         mapper = MutualGuideDatasetMapper(make_cfg(size=320), is_train=True)
-        values = {key: [] for key in SEED}
+        values = {key: [] for key in PAPER}
         values["interpolation"], values["fallback"] = [], []
         h, w = image.shape[:2]
         np.random.seed(0)
@@ -93,17 +93,17 @@ def cv2_hsv(image):
 
 
 @pytest.mark.slow
-def test_distributions_match_the_seeds(ci_input, our_statistics):
+def test_distributions_match_the_papers(ci_input, our_statistics):
     values = our_statistics(*ci_input)
     failures = []
-    for key, (mean, std, n) in SEED.items():
+    for key, (mean, std, n) in PAPER.items():
         ours = np.asarray(values[key], np.float64)
         se = math.sqrt(std**2 / n + ours.var() / len(ours))
         if abs(ours.mean() - mean) > 4 * se:
-            failures.append(f"{key}: ours {ours.mean():.4f}, seed {mean:.4f} (4 standard errors: {4 * se:.4f})")
-    # the seed never fell back to the unaugmented image on this input in 20000 samples
+            failures.append(f"{key}: ours {ours.mean():.4f}, the authors' {mean:.4f} (4 standard errors: {4 * se:.4f})")
+    # the authors' code never fell back to the unaugmented image on this input in 20000 samples
     assert not any(values["fallback"]), f"fall-back in {sum(values['fallback'])} of {N} samples"
-    # the seed draws one of five interpolations uniformly
+    # the authors' code draws one of five interpolations uniformly
     counts = np.bincount(np.unique(values["interpolation"], return_inverse=True)[1])
     assert len(counts) == 5
     se = math.sqrt(0.2 * 0.8 / N)

@@ -11,7 +11,6 @@ from mutual_guide.data.builtin import register_coco_checked, register_voc_checke
 from mutual_guide.evaluation.evaluators import COCOEvaluatorWithConvention, VOCEvaluator
 
 
-# ----------------------------------------------------------------------------- DATASETS.BOX_CONVENTION
 def test_voc_box_convention_in_training_and_evaluation(tmp_path, write_voc, voc_object, unique_name,
                                                        evaluate_predictions, ground_truth_as_predictions,
                                                        predicted_instances):

@@ -1,6 +1,4 @@
-"""
-The builtin VOC and COCO datasets: registered lazily, a missing folder named.
-"""
+"""The builtin VOC and COCO datasets: registered lazily, a missing folder named."""
 import os
 
 import pytest
@@ -10,7 +8,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from mutual_guide.data import check_dataset_paths
 
 
-# ----------------------------------------------------------------------------- builtin datasets
 def test_builtin_datasets_registered_lazily_and_missing_folder_named(tmp_path, monkeypatch):
     builtin = ["mg_voc_2007_trainval", "mg_voc_2012_trainval", "mg_voc_2007_test", "mg_coco_2017_train"]
     assert set(builtin + ["mg_coco_2017_val"]) <= set(DatasetCatalog.list())

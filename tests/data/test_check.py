@@ -1,7 +1,5 @@
-"""
-The faults of issue 9, each with the message it must now give: broken datasets, missing weights, runs that
-would overwrite another, interrupted saves, bad config values. Small: 128 px, a handful of iterations.
-"""
+"""check_dataset: each fault of a COCO file with the message that names it, and datasets registered with
+detectron2's own functions checked too."""
 import json
 import os
 import re

@@ -1,10 +1,7 @@
-"""
-Our COCO reader against detectron2's load_coco_json.
-"""
+"""Our COCO reader against detectron2's load_coco_json."""
 from mutual_guide.data.coco_reader import read_coco_dataset
 
 
-# ----------------------------------------------------------------------------- COCO reader
 def test_coco_reader_gives_load_coco_jsons_records(tmp_path, unique_name, write_coco):
     from detectron2.data.datasets.coco import load_coco_json
 

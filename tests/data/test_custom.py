@@ -1,6 +1,4 @@
-"""
-DATASETS.CUSTOM: specs of COCO and VOC folders, registered and read.
-"""
+"""DATASETS.CUSTOM: specs of COCO and VOC folders, registered and read."""
 import os
 
 import numpy as np

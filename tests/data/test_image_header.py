@@ -1,6 +1,4 @@
-"""
-Image sizes read from the file header.
-"""
+"""Image sizes read from the file header."""
 
 
 def test_image_size_follows_exif_rotation(tmp_path):

@@ -1,4 +1,4 @@
-"""Dataset mapper, dataset registration (builtin, DATASETS.CUSTOM) and the synthetic dataset."""
+"""MutualGuideDatasetMapper: its output, boxes clipped and dropped, the fall-back, and unreadable images named."""
 import cv2
 import numpy as np
 import pytest
@@ -27,7 +27,6 @@ def _dict(file_name, h, w, boxes=(), classes=None):
     }
 
 
-# ----------------------------------------------------------------------------- mapper
 def test_mapper_train_output(tmp_path, make_cfg):
     d = _dict(_write_image(tmp_path / "a.png", 50, 80), 50, 80, [[10, 5, 60, 45], [40, 10, 78, 30]], [2, 0])
     np.random.seed(0)

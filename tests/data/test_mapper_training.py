@@ -1,4 +1,4 @@
-"""The seed's data rules around the augmentation (preproc's fall-backs, crowd boxes) and the training loader."""
+"""The mapper's rules around the augmentation, as the authors' `preproc` has them: its fall-backs, crowd boxes."""
 import cv2
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ def _dict(path, h, w, boxes, classes, crowd=None):
 
 
 def test_fallback_keeps_every_original_box(tmp_path):
-    # the crop loses the objects: the seed then trains on the original image resized with all its boxes, the
+    # the crop loses the objects: the authors' code then trains on the original image resized with all its boxes, the
     # one under the minimum side included (its fall-back applies no size rule)
     d = _dict(tmp_path / "a.png", 100, 100, [[40, 40, 60, 60], [70, 70, 70.5, 90]], [2, 1])
     mapper = MutualGuideDatasetMapper(

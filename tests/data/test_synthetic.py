@@ -1,6 +1,4 @@
-"""
-make_synthetic_dataset: the generated shapes dataset.
-"""
+"""make_synthetic_dataset: the generated shapes dataset."""
 import json
 
 import numpy as np
@@ -9,7 +7,6 @@ import numpy as np
 from mutual_guide.data import make_synthetic_dataset
 
 
-# ----------------------------------------------------------------------------- synthetic dataset
 def test_synthetic_is_deterministic_and_learnable(tmp_path):
     a = make_synthetic_dataset(str(tmp_path / "a"), "coco", num_train=40, num_test=2, image_size=96, seed=1)
     b = make_synthetic_dataset(str(tmp_path / "b"), "coco", num_train=40, num_test=2, image_size=96, seed=1)

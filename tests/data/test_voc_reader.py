@@ -1,4 +1,4 @@
-"""Our VOC and COCO readers, the VOC evaluator built on them, and DATASETS.BOX_CONVENTION, on hand-made files."""
+"""Our VOC reader on hand-made files and on the real VOC images: what the format allows, broken files named."""
 import re
 
 import pytest
@@ -10,7 +10,6 @@ from mutual_guide.data.voc_reader import read_voc_dataset
 CLASSES = ("cat", "dog", "bird")
 
 
-# ----------------------------------------------------------------------------- VOC reader
 def test_voc_reader_accepts_what_the_format_allows(tmp_path, write_voc, voc_object):
     root = write_voc(tmp_path, {
         # float coordinates, no <pose>/<truncated>/<difficult>, a .png image, no <size>

@@ -90,15 +90,9 @@ def test_an_unknown_metric_is_logged_with_the_ones_that_exist(logged):
     assert saved.names == ["model_best"]
 
 
-def test_every_config_evaluates_a_few_times_per_schedule():
-    from detectron2.config import get_cfg
-
-    from mutual_guide import add_mutual_guide_config
-
+def test_every_config_evaluates_a_few_times_per_schedule(make_cfg):
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "mg_*.yaml"))):
-        cfg = get_cfg()
-        add_mutual_guide_config(cfg)
-        cfg.merge_from_file(path)
+        cfg = make_cfg(config_file=path)
         evaluations = cfg.SOLVER.MAX_ITER // cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else 0
         assert 3 <= evaluations <= 10, f"{path}: {evaluations} evaluations in {cfg.SOLVER.MAX_ITER} iterations"
         assert cfg.TEST.BEST_METRIC == "bbox/AP50", path

@@ -36,7 +36,7 @@ def _args(specs, output_dir):
         "SOLVER.IMS_PER_BATCH", "4",  # the total over all processes, as in detectron2
         "SOLVER.MAX_ITER", str(ITERS),
         "SOLVER.WARMUP_ITERS", "1",
-        # the seed's LR rule gives iteration 1 the whole BASE_LR; 0.005 keeps the step (and the tolerances below)
+        # the authors' LR rule gives iteration 1 the whole BASE_LR; 0.005 keeps the step (and the tolerances below)
         # what detectron2's WarmupCosineLR gave it at 0.01
         "SOLVER.BASE_LR", "0.005",
         "MODEL.BACKBONE.NAME", "ResNet18",

@@ -1,6 +1,4 @@
-"""
-The Trainer's own choices: the training loader's memory pinning.
-"""
+"""The Trainer's own choices: the training loader's memory pinning."""
 import uuid
 
 import pytest
@@ -27,6 +25,6 @@ def test_train_loader_pins_memory_only_for_cuda(tmp_path, monkeypatch, device, c
     register_custom_datasets(cfg)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     loader = Trainer.build_train_loader(cfg)
-    # no aspect-ratio grouping (the seed has none): detectron2 then returns torch's DataLoader itself
+    # no aspect-ratio grouping (the authors' code has none): detectron2 then returns torch's DataLoader itself
     assert isinstance(loader, torch.utils.data.DataLoader)
     assert loader.pin_memory is expected

@@ -1,6 +1,4 @@
-"""
-PredictionDrawer: the evaluation's drawings of its predictions.
-"""
+"""PredictionDrawer: the evaluation's drawings of its predictions."""
 import os
 
 from conftest import VOC_MINI_DATASET

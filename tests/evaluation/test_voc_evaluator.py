@@ -1,20 +1,16 @@
-"""
-The VOC evaluator on hand-made VOC folders: detectron2's numbers, and every file training reads.
-"""
+"""The VOC evaluator on hand-made VOC folders: detectron2's numbers, and every file training reads."""
+import os
 import uuid
 
 import numpy as np
 import pytest
+import train_net
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import PascalVOCDetectionEvaluator
 
 from mutual_guide.data.builtin import register_voc_checked
 from mutual_guide.evaluation.evaluators import VOCEvaluator
-
-import os
-
-import train_net
 
 
 @pytest.mark.slow

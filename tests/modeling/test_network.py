@@ -1,5 +1,5 @@
 """The network: builds for every backbone x neck x size, has the authors' parameter names and counts, loads
-their checkpoints and ImageNet weights."""
+ImageNet weights."""
 import math
 
 import pytest

@@ -1,6 +1,4 @@
-"""
-tools/check_dataset.py: every problem of a dataset listed in one run.
-"""
+"""tools/check_dataset.py: every problem of a dataset listed in one run."""
 import os
 import uuid
 
@@ -11,7 +9,6 @@ from conftest import ROOT
 from mutual_guide.data.problems import DatasetError
 
 
-# ----------------------------------------------------------------------------- tools/check_dataset.py
 def test_check_dataset_tool_lists_every_problem(tmp_path, capsys, write_voc, voc_object, load_tool):
     tool = load_tool("check_dataset")
 

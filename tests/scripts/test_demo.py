@@ -1,6 +1,10 @@
-"""demo.py: class names of COCO-json and VOC datasets, --json, videos, the webcam's refusal, and every kind of bad
-input in one batch (the others still drawn, each failure naming its file)."""
+"""demo.py: class names of COCO-json and VOC datasets, --json, videos, the webcam's refusal, every kind of bad
+input in one batch (the others still drawn, each failure naming its file), random weights refused, and a folder of
+real VOC images drawn."""
+import json
 import os
+import re
+import uuid
 
 import cv2
 import demo
@@ -8,35 +12,21 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, VOC_MINI_DATASET
+from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from mutual_guide import add_mutual_guide_config
-from mutual_guide.data import register_custom_datasets
-from mutual_guide.utils.drawing import draw_predictions
-
-import json
-import re
-import uuid
-
-
-from mutual_guide.data import make_synthetic_dataset
-
-
-from PIL import Image
-
-
 from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
 from mutual_guide.engine.predictor import MutualGuidePredictor
+from mutual_guide.utils.drawing import draw_predictions
 
 CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 CLASSES = ["circle", "square", "triangle"]
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
+def shapes(tmp_path_factory, shapes_cfg):
     """A generated COCO-json dataset, its DATASETS.CUSTOM options, and weights of a (random) model saved to a file."""
     root = tmp_path_factory.mktemp("demo_shapes")
     name = f"dm{uuid.uuid4().hex[:6]}"
@@ -45,21 +35,20 @@ def shapes(tmp_path_factory):
             "DATASETS.TEST", f"('{name}_test',)"]
     torch.manual_seed(0)
     weights = root / "model.pth"
-    torch.save({"model": build_model(_cfg(opts)).state_dict()}, weights)
+    torch.save({"model": build_model(shapes_cfg(opts)).state_dict()}, weights)
     return {"info": info, "test": f"{name}_test", "opts": opts + ["MODEL.WEIGHTS", str(weights)]}
 
 
-def _cfg(opts):
-    from detectron2.config import get_cfg
+@pytest.fixture(scope="module")
+def shapes_cfg(make_cfg):
+    """shapes_cfg(opts): configs/demo_shapes.yaml with `opts`, its datasets registered."""
 
-    from mutual_guide import add_mutual_guide_config
+    def build(opts):
+        cfg = make_cfg(config_file=CONFIG, opts=opts)
+        register_custom_datasets(cfg)
+        return cfg
 
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(list(opts))
-    register_custom_datasets(cfg)
-    return cfg
+    return build
 
 
 def run(source, output, *extra, opts=()):
@@ -108,7 +97,7 @@ def test_dataset_option_names_the_classes_and_is_checked(shapes, tmp_path, write
 
 
 @pytest.mark.slow
-def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path):
+def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path, shapes_cfg):
     image = np.random.RandomState(0).randint(0, 255, (90, 200, 3)).astype(np.uint8)  # wide: x and y scale apart
     cv2.imwrite(str(tmp_path / "wide.png"), image)
     out_json = tmp_path / "saved" / "predictions.json"
@@ -118,7 +107,7 @@ def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path):
     with open(out_json) as f:
         saved = json.load(f)
     # the oracle: the predictor itself on the same image, kept at the same threshold
-    instances = MutualGuidePredictor(_cfg(shapes["opts"]))(image)
+    instances = MutualGuidePredictor(shapes_cfg(shapes["opts"]))(image)
     keep = instances.scores >= threshold
     assert 0 < int(keep.sum()) < 300
     boxes = [p["box_xyxy"] for p in saved["predictions"]]
@@ -155,10 +144,10 @@ def _read_video(path):
 
 
 @pytest.mark.slow
-def test_video_is_drawn_frame_by_frame(shapes, tmp_path):
+def test_video_is_drawn_frame_by_frame(shapes, tmp_path, shapes_cfg):
     _write_video(tmp_path / "clip.mp4", 6)
     first = _read_video(tmp_path / "clip.mp4")[0]
-    drawing = draw_predictions(first, MutualGuidePredictor(_cfg(shapes["opts"]))(first), None, 0.3)
+    drawing = draw_predictions(first, MutualGuidePredictor(shapes_cfg(shapes["opts"]))(first), None, 0.3)
     assert drawing.shape == (341, 512, 3)  # 96 x 64 enlarged
     expected = (342, 512, 3)  # even sides, as the encoders want
 
@@ -251,7 +240,6 @@ def test_every_kind_of_bad_input_in_one_batch(shapes, tmp_path, logged):
     assert (cv2.imread(str(inputs / "gray.png"), cv2.IMREAD_UNCHANGED) == 90).all()
 
 
-# ----------------------------------------------------------------------------- demo.py
 def _demo(tmp_path, inputs, *extra):
     import demo
 

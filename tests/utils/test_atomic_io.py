@@ -1,6 +1,4 @@
-"""
-Atomic writes: a file is replaced whole or not at all, and a run killed during a checkpoint save resumes.
-"""
+"""Atomic writes: a file is replaced whole or not at all, and a run killed during a checkpoint save resumes."""
 import os
 import re
 

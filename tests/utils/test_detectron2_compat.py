@@ -102,12 +102,10 @@ def test_best_checkpointer_metric_is_the_one_given(tmp_path):
     assert compat.best_checkpointer_metric(hook) == "bbox/AP50"
 
 
-def test_last_evaluation_results_are_what_defaulttrainers_evaluation_returned():
-    from detectron2.config import get_cfg
-
+def test_last_evaluation_results_are_what_defaulttrainers_evaluation_returned(make_cfg):
     trainer = DefaultTrainer.__new__(DefaultTrainer)
     assert compat.last_evaluation_results(trainer) is None  # before any evaluation
-    trainer.cfg = get_cfg()
+    trainer.cfg = make_cfg()
     trainer.cfg.TEST.EVAL_PERIOD = 5
     trainer._trainer = SimpleNamespace(model=torch.nn.Linear(1, 1))  # DefaultTrainer.model reads it there
     trainer.checkpointer = DetectionCheckpointer(trainer.model)
