@@ -319,7 +319,7 @@ def evaluate_predictions(predicted_instances):
     return evaluate
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def train_args():
     """
     train_net arguments for a small CPU run on a synthetic dataset (make_synthetic_dataset's `info`):

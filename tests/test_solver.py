@@ -54,11 +54,23 @@ def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line(make_cfg):
         assert lrs.pop() == pytest.approx(paper_lr(0.01, i, 500, 20), rel=1e-9), i
 
 
-def test_detectron2_schedulers_still_available(make_cfg):
+@pytest.mark.parametrize("name", ["WarmupCosineLR", "WarmupMultiStepLR"])
+def test_detectron2_schedulers_are_left_to_detectron2(name, make_cfg):
+    from detectron2.solver import build_lr_scheduler
+
     cfg = make_cfg()
-    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+    cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.STEPS = name, (60,)
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_FACTOR = 0.01, 10, 100, 1e-3
-    assert lrs_of(cfg, [0])[0].pop() == pytest.approx(1e-5)  # WARMUP_FACTOR * BASE_LR, not the authors' 1e-6
+    iterations = [0, 5, 50, 70, 99]
+    ours = lrs_of(cfg, iterations)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=cfg.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    for i in range(max(iterations) + 1):
+        if i in iterations:
+            (lr,) = ours[i]
+            assert lr == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-9), i
+        optimizer.step()
+        scheduler.step()
 
 
 @pytest.mark.parametrize(

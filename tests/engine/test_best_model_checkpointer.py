@@ -95,4 +95,5 @@ def test_every_config_evaluates_a_few_times_per_schedule(make_cfg):
         cfg = make_cfg(config_file=path)
         evaluations = cfg.SOLVER.MAX_ITER // cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else 0
         assert 3 <= evaluations <= 10, f"{path}: {evaluations} evaluations in {cfg.SOLVER.MAX_ITER} iterations"
-        assert cfg.TEST.BEST_METRIC == "bbox/AP50", path
+        # a metric the evaluators report (a misspelt one is only logged, and model_best.pth never written)
+        assert cfg.TEST.BEST_METRIC in {"bbox/AP", "bbox/AP50", "bbox/AP75"}, path

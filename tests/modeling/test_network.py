@@ -184,7 +184,7 @@ def test_pretrained_errors_name_the_problem(tmp_path, make_cfg):
         load_pretrained_backbone(repvgg, "RepVGG", "torchvision")
 
 
-def test_head_initialisation_and_channel_layout():
+def test_head_initialisation_and_channels():
     from mutual_guide.modeling.head import MutualGuideHead
 
     torch.manual_seed(0)
@@ -194,12 +194,7 @@ def test_head_initialisation_and_channel_layout():
     torch.testing.assert_close(head.conf[0].bias, torch.full((18,), -math.log(99.0)))
     assert torch.equal(head.loc[1].bias, torch.zeros(24))
     assert abs(head.conf[0].weight.std().item() - 0.01) < 0.001
-
-    # channel anchor * C + c of level 0 at (row i, column j) is row (i * W + j) * 6 + anchor, column c after
-    # detectron2's permute_to_N_HWA_K (the authors' permute + view(N, -1, C))
-    from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-
-    logits, _ = head([torch.randn(1, 16, 3, 5), torch.randn(1, 16, 2, 3)])
-    flat = permute_to_N_HWA_K(logits[0], 3)
-    i, j, anchor, c = 2, 4, 5, 1
-    assert flat[0, (i * 5 + j) * 6 + anchor, c] == logits[0][0, anchor * 3 + c, i, j]
+    logits, deltas = head([torch.randn(1, 16, 3, 5), torch.randn(1, 16, 2, 3)])
+    # per level [N, A*K, H, W], the layout detectron2's transpose (tests/utils/test_detectron2_compat.py) reads
+    assert [x.shape for x in logits] == [(1, 18, 3, 5), (1, 18, 2, 3)]
+    assert [x.shape for x in deltas] == [(1, 24, 3, 5), (1, 24, 2, 3)]
