@@ -1,4 +1,5 @@
-"""The training loop's pieces against the rules of the authors' code (main.py at fd2c4cc), written out here as plain formulas."""
+"""The training loop's pieces against the rules of the authors' code (main.py at fd2c4cc), written out here as
+plain formulas."""
 import math
 
 import pytest

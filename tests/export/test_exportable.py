@@ -16,6 +16,7 @@ import torch
 from conftest import VOC_MINI
 from torch import nn
 
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
@@ -52,7 +53,7 @@ def model_of(make_cfg):
             torch.manual_seed(0)
             cfg = make_cfg(num_classes=3, config_file=f"mg_{backbone}_{neck}_voc.yaml",
                            opts=["MODEL.BACKBONE.PRETRAINED", ""])
-            model = buildmodel_of(cfg)
+            model = build_model(cfg)
             if informative:
                 _randomise(model)
             built[backbone, neck, informative] = model.eval()
@@ -285,7 +286,7 @@ def test_every_backbone_and_neck_exports_at_320(backbone, neck, tmp_path, model_
     num_anchors, num_classes = len(model.anchors), model.num_classes
     export_torchscript(model, str(tmp_path / "m.ts"))
     path = export_onnx(model, str(tmp_path / "m.onnx"))
-    onnx.checker.checkmodel_of(path)
+    onnx.checker.check_model(path)
     graph = onnx.load(path).graph
     assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
     assert [o.type.tensor_type.shape.dim[0].dim_param for o in graph.output] == ["batch", "batch"]
