@@ -1,8 +1,9 @@
 """
-Shared test set-up: the real VOC images, the one in-memory CPU config (`make_cfg`) and train_net's arguments
-(`train_args`), the tools and the oracle as modules, and random assignment inputs for the vectorised-against-oracle
-tests. (The repository root, where train_net.py and demo.py
-are, is on the import path through setup.cfg's `pythonpath`.)
+Shared test set-up for every folder below: the real VOC images, the one in-memory CPU config (`make_cfg`) and
+train_net's arguments (`train_args`), hand-made VOC/COCO files, predictions to evaluate, the tools and the oracle
+as modules, and random assignment inputs for the vectorised-against-oracle tests. Test files share helpers only
+through these fixtures (and the constants ROOT, VOC_MINI, VOC_MINI_DATASET). The repository root, where
+train_net.py and demo.py are, is on the import path through setup.cfg's `pythonpath`.
 """
 import os
 import uuid
