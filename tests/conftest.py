@@ -1,9 +1,12 @@
 """
-Shared test set-up: the real VOC images, a CPU config, the tools and the oracle as modules, and random
-assignment inputs for the vectorised-against-oracle tests. (The repository root, where train_net.py and demo.py
-are, is on the import path through setup.cfg's `pythonpath`.)
+Shared test set-up for every folder below: the real VOC images, the one in-memory CPU config (`make_cfg`) and
+train_net's arguments (`train_args`), hand-made VOC/COCO files, predictions to evaluate, the tools and the oracle
+as modules, and random assignment inputs for the vectorised-against-oracle tests. Test files share helpers only
+through these fixtures (and the constants ROOT, VOC_MINI, VOC_MINI_DATASET). The repository root, where
+train_net.py and demo.py are, is on the import path through setup.cfg's `pythonpath`.
 """
 import os
+import uuid
 
 import pytest
 import torch
@@ -49,25 +52,54 @@ def voc_mini_root():
     return root
 
 
-def make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80):
-    """A CPU config of the given network, every other key as configs/Base-MutualGuide.yaml sets it (the paper's
-    detector), but without ImageNet weights (nothing is downloaded)."""
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-MutualGuide.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.PRETRAINED = ""
-    cfg.MODEL.BACKBONE.NAME = backbone
-    cfg.MODEL.NECK.NAME = neck
-    cfg.INPUT.SIZE = size
-    cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
-    return cfg
+VOC_MINI_DATASET = "voc_mini"  # the name `voc_mini_cfg` registers the real VOC images under
 
 
 @pytest.fixture
-def cfg_factory():
-    """`make_cfg(backbone="ShuffleNetV2", neck="FPN", size=320, num_classes=80)`: a CPU config of that network."""
-    return make_cfg
+def voc_mini_cfg(make_cfg, voc_mini_root):
+    """voc_mini_cfg(*opts): the ShuffleNet-SSD VOC config whose DATASETS.TEST is the real VOC images, registered."""
+    from mutual_guide.data import register_custom_datasets
+    from mutual_guide.data.builtin import VOC_CLASS_NAMES
+
+    def build(*opts):
+        spec = f"root={voc_mini_root};split=trainval;classes={','.join(VOC_CLASS_NAMES)};year=2007"
+        cfg = make_cfg(config_file="mg_shufflenet_ssd_voc.yaml", opts=[
+            "DATASETS.CUSTOM", [f"{VOC_MINI_DATASET}:voc:{spec}"], "DATASETS.TEST", (VOC_MINI_DATASET,), *opts])
+        register_custom_datasets(cfg)
+        return cfg
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def make_cfg():
+    """
+    make_cfg(backbone=None, neck=None, size=None, num_classes=None, *, config_file=None, opts=()) -> a CPU config:
+    the project's defaults, or `config_file` (a path, or a name in configs/) merged over them; then the network
+    given (without a file, None means ShuffleNetV2-FPN at 320 with 80 classes, the cheapest to build; with a file,
+    None keeps the file's value); then `opts` (KEY, VALUE, ...).
+    """
+
+    def build(backbone=None, neck=None, size=None, num_classes=None, *, config_file=None, opts=()):
+        cfg = get_cfg()
+        add_mutual_guide_config(cfg)
+        if config_file is not None:
+            cfg.merge_from_file(os.path.join(ROOT, "configs", config_file))  # join keeps an absolute path
+        else:
+            # the paper's detector as every config sets it, without ImageNet weights (nothing is downloaded)
+            cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-MutualGuide.yaml"))
+            cfg.MODEL.BACKBONE.PRETRAINED = ""
+            backbone, neck = backbone or "ShuffleNetV2", neck or "FPN"
+            size, num_classes = size or 320, num_classes or 80
+        cfg.MODEL.DEVICE = "cpu"
+        for key, value in (("MODEL.BACKBONE.NAME", backbone), ("MODEL.NECK.NAME", neck), ("INPUT.SIZE", size),
+                           ("MODEL.MUTUAL_GUIDE.NUM_CLASSES", num_classes)):
+            if value is not None:
+                cfg.merge_from_list([key, value])
+        cfg.merge_from_list(list(opts))
+        return cfg
+
+    return build
 
 
 # ----------------------------------------------------------------------------- random assignment inputs
@@ -158,6 +190,7 @@ def random_boxes():
     """`_random_boxes(n, k, size, generator, integer=False)`: [n, k, 4] XYXY boxes inside a size x size frame."""
     return _random_boxes
 
+
 # ----------------------------------------------------------------------------- hand-made VOC folders
 def voc_object_xml(name, box, difficult=None, pose=True, truncated=True):
     """One <object> of a VOC XML; `box` is (xmin, ymin, xmax, ymax) written as given (ints or floats)."""
@@ -204,6 +237,93 @@ def voc_object():
 
 
 @pytest.fixture
+def write_coco():
+    """
+    write_coco(folder, data, sizes=((64, 48),)) -> (json path, image folder): `data` (a dict, or a text written as
+    is) as folder/ann.json, and black images folder/images/<k>.jpg of the given (width, height) sizes.
+    """
+    import json
+
+    import cv2
+    import numpy as np
+
+    def write(folder, data, sizes=((64, 48),)):
+        (folder / "images").mkdir(exist_ok=True)
+        for k, (w, h) in enumerate(sizes):
+            cv2.imwrite(str(folder / "images" / f"{k}.jpg"), np.zeros((h, w, 3), np.uint8))
+        path = folder / "ann.json"
+        path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+        return str(path), str(folder / "images")
+
+    return write
+
+
+@pytest.fixture
+def shapes_dataset():
+    """
+    shapes_dataset(root, fmt="coco", num_train=4, num_test=2) -> make_synthetic_dataset's info: the generated
+    shapes at 128 px under a name of its own.
+    """
+    from mutual_guide.data import make_synthetic_dataset
+
+    def make(root, fmt="coco", num_train=4, num_test=2):
+        return make_synthetic_dataset(str(root), fmt, num_train=num_train, num_test=num_test, image_size=128, seed=2,
+                                      name=f"f{uuid.uuid4().hex[:8]}")
+
+    return make
+
+
+@pytest.fixture
+def unique_name():
+    """unique_name(prefix) -> prefix_<8 hex digits>: a dataset name no other test registers."""
+    return lambda prefix: f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+# ----------------------------------------------------------------------------- evaluating hand-made predictions
+@pytest.fixture
+def predicted_instances():
+    """predicted_instances(boxes, scores, classes, (height, width)) -> the Instances a detector would return."""
+    from detectron2.structures import Boxes, Instances
+
+    def build(boxes, scores, classes, size):
+        instances = Instances(size)
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.tensor(scores, dtype=torch.float32)
+        instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
+        return instances
+
+    return build
+
+
+@pytest.fixture
+def ground_truth_as_predictions():
+    """ground_truth_as_predictions(record) -> (boxes XYXY, scores 0.9, classes): a record's objects as predictions."""
+    from detectron2.structures import BoxMode
+
+    def predict(record):
+        anns = record["annotations"]
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+        return boxes, [0.9] * len(anns), [a["category_id"] for a in anns]
+
+    return predict
+
+
+@pytest.fixture
+def evaluate_predictions(predicted_instances):
+    """evaluate_predictions(evaluator, records, predict) -> the evaluator's "bbox" results, with
+    predict(record) -> (boxes, scores, classes) for every record."""
+
+    def evaluate(evaluator, records, predict):
+        evaluator.reset()
+        for r in records:
+            instances = predicted_instances(*predict(r), (r["height"], r["width"]))
+            evaluator.process([r], [{"instances": instances}])
+        return evaluator.evaluate()["bbox"]
+
+    return evaluate
+
+
+@pytest.fixture(scope="session")
 def train_args():
     """
     train_net arguments for a small CPU run on a synthetic dataset (make_synthetic_dataset's `info`):

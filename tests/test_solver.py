@@ -1,21 +1,21 @@
-"""The training loop's pieces against the seed's rules (main.py at fd2c4cc), written out here as plain formulas."""
+"""The training loop's pieces against the rules of the authors' code (main.py at fd2c4cc), written out here as
+plain formulas."""
 import math
 
 import pytest
 import torch
-from conftest import make_cfg
 from train_net import Trainer
 
 from detectron2.modeling import build_model
 
-SEED_FLOOR = 1e-6  # main.py: the warm-up starts there and the cosine ends there
+PAPER_FLOOR = 1e-6  # main.py: the warm-up starts there and the cosine ends there
 
 
-def seed_lr(base, i, warm, max_iter):
+def paper_lr(base, i, warm, max_iter):
     """main.py's adjust_learning_rate, as read."""
     if i <= warm:
-        return SEED_FLOOR + (base - SEED_FLOOR) * i / warm
-    return SEED_FLOOR + (base - SEED_FLOOR) * 0.5 * (1 + math.cos((i - warm) * math.pi / (max_iter - warm)))
+        return PAPER_FLOOR + (base - PAPER_FLOOR) * i / warm
+    return PAPER_FLOOR + (base - PAPER_FLOOR) * 0.5 * (1 + math.cos((i - warm) * math.pi / (max_iter - warm)))
 
 
 def lrs_of(cfg, iterations):
@@ -33,13 +33,13 @@ def lrs_of(cfg, iterations):
 
 
 @pytest.mark.parametrize("base_lr", [0.01, 0.0025])
-def test_lr_follows_the_seed_formula(base_lr):
+def test_lr_follows_the_papers_formula(base_lr, make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = base_lr, 100, 600
     iterations = [0, 1, 50, 99, 100, 101, 350, 598, 599]
     for i, lrs in lrs_of(cfg, iterations).items():
         assert len(lrs) == 1, lrs
-        assert lrs.pop() == pytest.approx(seed_lr(base_lr, i, 100, 600), rel=1e-12, abs=0), i
+        assert lrs.pop() == pytest.approx(paper_lr(base_lr, i, 100, 600), rel=1e-12, abs=0), i
     # the points that differ from detectron2's WarmupCosineLR: an absolute 1e-6 start whatever the base LR,
     # the full base LR at the end of warm-up, the 1e-6 floor at the end
     at = lrs_of(cfg, [0, 100, 599])
@@ -48,25 +48,39 @@ def test_lr_follows_the_seed_formula(base_lr):
     assert at[599].pop() == pytest.approx(1e-6 + (base_lr - 1e-6) * 0.5 * (1 + math.cos(499 * math.pi / 500)))
 
 
-def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line():
+def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line(make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = 0.01, 500, 20
     for i, lrs in lrs_of(cfg, [0, 1, 10, 19]).items():
-        assert lrs.pop() == pytest.approx(seed_lr(0.01, i, 500, 20), rel=1e-9), i
+        assert lrs.pop() == pytest.approx(paper_lr(0.01, i, 500, 20), rel=1e-9), i
 
 
-def test_detectron2_schedulers_still_available():
+@pytest.mark.parametrize("name", ["WarmupCosineLR", "WarmupMultiStepLR"])
+def test_detectron2_schedulers_are_left_to_detectron2(name, make_cfg):
+    from detectron2.solver import build_lr_scheduler
+
     cfg = make_cfg()
-    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+    cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.STEPS = name, (60,)
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_FACTOR = 0.01, 10, 100, 1e-3
-    assert lrs_of(cfg, [0])[0].pop() == pytest.approx(1e-5)  # WARMUP_FACTOR * BASE_LR, not the seed's 1e-6
+    iterations = [0, 5, 50, 70, 99]
+    ours = lrs_of(cfg, iterations)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=cfg.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    for i in range(max(iterations) + 1):
+        if i in iterations:
+            (lr,) = ours[i]
+            assert lr == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-9), i
+        optimizer.step()
+        scheduler.step()
 
 
 @pytest.mark.parametrize(
     "key, value, message",
     [("BASE_LR_END", 0.02, "BASE_LR_END"), ("WARMUP_ITERS", -1, "WARMUP_ITERS")],
 )
-def test_bad_schedule_is_refused_naming_the_key(key, value, message):
+
+
+def test_bad_schedule_is_refused_naming_the_key(key, value, message, make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.MAX_ITER = 600
     setattr(cfg.SOLVER, key, value)
@@ -76,7 +90,7 @@ def test_bad_schedule_is_refused_naming_the_key(key, value, message):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"])
-def test_parameter_groups_are_the_seeds(backbone):
+def test_parameter_groups_are_the_papers(backbone, make_cfg):
     """main.py's tencent_trick: no weight decay on 1-D tensors and on names ending in '.bias'; SGD momentum 0.9."""
     for neck in ("SSD", "FPN", "PAFPN", "RFB"):
         model = build_model(make_cfg(backbone, neck, size=320, num_classes=20))

@@ -8,8 +8,8 @@ from mutual_guide.checkpoint import MutualGuideCheckpointer
 
 
 @pytest.fixture
-def model(cfg_factory):
-    return build_model(cfg_factory(size=64, num_classes=3))
+def model(make_cfg):
+    return build_model(make_cfg(size=64, num_classes=3))
 
 
 def test_a_text_file_is_not_a_checkpoint(model, tmp_path):

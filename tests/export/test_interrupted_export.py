@@ -13,10 +13,10 @@ def _fail_half_way(module, args, path, **kwargs):
     raise KeyboardInterrupt
 
 
-def test_interrupted_onnx_export_keeps_the_previous_file(tmp_path, monkeypatch, cfg_factory):
+def test_interrupted_onnx_export_keeps_the_previous_file(tmp_path, monkeypatch, make_cfg):
     from detectron2.modeling import build_model
 
-    model = build_model(cfg_factory(size=64))
+    model = build_model(make_cfg(size=64))
     target = tmp_path / "model.onnx"
     target.write_bytes(b"the previous export")
     monkeypatch.setattr(torch.onnx, "export", _fail_half_way)
@@ -26,10 +26,10 @@ def test_interrupted_onnx_export_keeps_the_previous_file(tmp_path, monkeypatch, 
     assert os.listdir(tmp_path) == ["model.onnx"]
 
 
-def test_interrupted_torchscript_export_leaves_nothing(tmp_path, monkeypatch, cfg_factory):
+def test_interrupted_torchscript_export_leaves_nothing(tmp_path, monkeypatch, make_cfg):
     from detectron2.modeling import build_model
 
-    model = build_model(cfg_factory(size=64))
+    model = build_model(make_cfg(size=64))
     target = tmp_path / "model.ts"
 
     def save_half(self, path, *args, **kwargs):

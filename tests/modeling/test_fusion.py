@@ -1,7 +1,6 @@
 """Inference rewrites keep the outputs: BatchNorm folding and RepVGG re-parameterisation."""
 import pytest
 import torch
-from conftest import make_cfg
 from torch import nn
 
 from detectron2.modeling import build_model
@@ -12,8 +11,12 @@ from mutual_guide.modeling.backbone.repvgg import RepVGGBackbone, RepVGGBlock
 from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
 
 
-def make_model(backbone, neck="PAFPN", size=320):
-    return build_model(make_cfg(backbone, neck, size))
+@pytest.fixture
+def make_model(make_cfg):
+    def build(backbone, neck="PAFPN", size=320):
+        return build_model(make_cfg(backbone, neck, size))
+
+    return build
 
 
 def randomize_batchnorm(model, seed=0):
@@ -37,7 +40,7 @@ def relative_error(a, b):
 
 
 @pytest.mark.slow
-def test_fold_batchnorm_keeps_detector_outputs():
+def test_fold_batchnorm_keeps_detector_outputs(make_model):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
     for backbone, neck in [("ResNet18", "PAFPN"), ("ShuffleNetV2", "RFB")]:
@@ -52,7 +55,7 @@ def test_fold_batchnorm_keeps_detector_outputs():
             assert relative_error(a, b) < 1e-4, (backbone, neck)
 
 
-def test_fold_batchnorm_leaves_training_batchnorm_alone():
+def test_fold_batchnorm_leaves_training_batchnorm_alone(make_model):
     model = make_model("ShuffleNetV2", "SSD")
     model.train()
     n = count_bn(model)
@@ -95,7 +98,7 @@ def test_repvgg_block_identity_branch_fuses():
 
 
 @pytest.mark.slow
-def test_fuse_for_inference_on_repvgg_detector():
+def test_fuse_for_inference_on_repvgg_detector(make_model):
     torch.manual_seed(0)
     model = randomize_batchnorm(make_model("RepVGG", "FPN")).eval()
     x = torch.randn(1, 3, 64, 64)

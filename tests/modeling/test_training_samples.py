@@ -64,18 +64,20 @@ def test_images_are_denormalised_to_rgb_and_labels_read_per_image():
                      torch.tensor([[False], [True]]))
 
     class Storage:
-        put = []
+        def __init__(self):
+            self.put = []
 
         def put_image(self, name, image):
             self.put.append((name, image))
 
-    put_training_samples(Storage(), images, mean, std, gt, labels, torch.from_numpy(ANCHORS), 3, ("a", "b", "c"))
-    assert [name for name, _ in Storage.put] == ["training_samples/0", "training_samples/1"]
-    for (_, chw), expected in zip(Storage.put, ([200, 100, 10], [60, 30, 200])):
+    storage = Storage()
+    put_training_samples(storage, images, mean, std, gt, labels, torch.from_numpy(ANCHORS), 3, ("a", "b", "c"))
+    assert [name for name, _ in storage.put] == ["training_samples/0", "training_samples/1"]
+    for (_, chw), expected in zip(storage.put, ([200, 100, 10], [60, 30, 200])):
         assert chw.dtype == np.uint8 and chw.shape[0] == 3 and chw.shape[2] == 512
         body = chw.transpose(1, 2, 0)[_band(chw.transpose(1, 2, 0)):]
         assert np.abs(body[4, 500].astype(int) - expected).max() <= 2  # the corner no mark reaches: the input, RGB
-    first, second = (chw.transpose(1, 2, 0)[_band(chw.transpose(1, 2, 0)):] for _, chw in Storage.put)
+    first, second = (chw.transpose(1, 2, 0)[_band(chw.transpose(1, 2, 0)):] for _, chw in storage.put)
     assert not _is("lime", first).any() and not _is("orange", first).any()
     assert _is("lime", second).any() and _is("orange", second).any()
     assert _is("yellow", second[12 * SCALE - 1 : 12 * SCALE + 2, 50 * SCALE - 1 : 50 * SCALE + 2], tol=10).all()
@@ -97,6 +99,7 @@ def _images_in_events(output_dir):
     return acc.Tags()["images"], acc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vis_period", [2, 0])
 def test_vis_period_writes_the_training_samples_to_the_event_file(samples_data, train_args, tmp_path, vis_period):
     args = train_args(samples_data, tmp_path, "MODEL.BACKBONE.NAME", "ShuffleNetV2", "INPUT.SIZE", 64,

@@ -1,8 +1,7 @@
-"""The seed's train-time augmentation, step by step: hand-computed values, the sampler against a plain oracle."""
+"""The paper's train-time augmentation, step by step: hand-computed values, the sampler against a plain oracle."""
 import cv2
 import numpy as np
 import pytest
-from conftest import make_cfg
 
 from detectron2.data import transforms as T
 from detectron2.data.transforms import CropTransform
@@ -35,7 +34,7 @@ def _run(augs, image, boxes):
 
 
 # ----------------------------------------------------------------------------- order
-def test_recipe_is_the_seeds_order():
+def test_recipe_is_the_papers_order(make_cfg):
     augs = build_augmentation(make_cfg(size=320), is_train=True)
     assert [type(a) for a in augs] == [
         RandomMinIoUCrop, PhotometricDistortion, RandomExpand, T.RandomFlip, RandomInterpolationResize
@@ -84,7 +83,7 @@ def test_expand_probability_and_canvas_shape_varies():
     expanded = [t for t in tfms if isinstance(t, ExpandTransform)]
     assert abs(len(expanded) / 2000 - 0.6) < 0.035  # 3 standard errors
     aspects = [(100 + t.x0 + t.x1) / (100 + t.y0 + t.y1) for t in expanded]
-    assert min(aspects) < 0.8 and max(aspects) > 1.25  # the seed's canvas is not square (ours used to be)
+    assert min(aspects) < 0.8 and max(aspects) > 1.25  # the authors' canvas is not square (ours used to be)
 
 
 # ----------------------------------------------------------------------------- crop
@@ -108,7 +107,7 @@ def test_crop_keeps_exactly_the_boxes_with_centre_inside_and_clips_them():
 
 
 def _oracle_crop(image, boxes, modes, trials=50):
-    """The seed's _crop written plainly, one trial at a time, drawing the same numbers as the sampler."""
+    """The authors' _crop written plainly, one trial at a time, drawing the same numbers as the sampler."""
     height, width = image.shape[:2]
 
     def iou(b, roi):
@@ -172,7 +171,7 @@ def test_photometric_values_by_hand():
         PhotometricTransform(brightness=-20.5, contrast=0.5).apply_image(img),
         cv2.cvtColor(cv2.cvtColor(expected, cv2.COLOR_BGR2HSV), cv2.COLOR_HSV2BGR),
     )
-    # no change drawn: still one uint8 HSV round trip, as the seed always does
+    # no change drawn: still one uint8 HSV round trip, as the authors' code always does
     np.testing.assert_array_equal(PhotometricTransform().apply_image(img), hsv_round_trip)
 
 
@@ -229,12 +228,12 @@ def test_min_side_keep_is_strict():
     np.testing.assert_array_equal(min_side_keep(boxes, (320, 320), 0.01), [False, True, False, True])
     # relative to the side along which the box is measured: 3.3 / 640 < 0.01
     np.testing.assert_array_equal(min_side_keep([[0, 0, 3.3, 100]], (320, 640), 0.01), [False])
-    # exactly at the ratio: dropped (the seed keeps min(w, h) > ratio)
+    # exactly at the ratio: dropped (the authors' code keeps min(w, h) > ratio)
     np.testing.assert_array_equal(min_side_keep([[0, 0, 16, 32], [0, 0, 16.5, 32]], (64, 64), 0.25), [False, True])
 
 
 # ----------------------------------------------------------------------------- the whole recipe
-def test_full_recipe_invariants_and_determinism():
+def test_full_recipe_invariants_and_determinism(make_cfg):
     boxes = np.array([[10, 20, 120, 90], [100, 5, 190, 60], [40, 100, 80, 140]], dtype=np.float32)
     augs = build_augmentation(make_cfg(size=320), is_train=True)
     for seed in range(30):
@@ -253,7 +252,7 @@ def test_full_recipe_invariants_and_determinism():
     assert not np.array_equal(results[0].image, results[2].image)
 
 
-def test_no_augment_is_resize_only():
+def test_no_augment_is_resize_only(make_cfg):
     cfg = make_cfg(size=64)
     assert [type(a) for a in build_augmentation(cfg, is_train=False)] == [RandomInterpolationResize]
     cfg.INPUT.MG_AUGMENT = False

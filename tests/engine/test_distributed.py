@@ -9,42 +9,22 @@ import os
 import pytest
 import torch
 import train_net
-from conftest import ROOT
 
 import detectron2.utils.comm as comm
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 from detectron2.engine.launch import _find_free_port
 from detectron2.layers import FrozenBatchNorm2d
 
 from mutual_guide.data import make_synthetic_dataset
 
-CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 ITERS = 2
 
 
-def _args(specs, output_dir):
-    return default_argument_parser().parse_args([
-        "--config-file", CONFIG,
-        "OUTPUT_DIR", str(output_dir),
-        "DATASETS.CUSTOM", str(specs),
-        "DATASETS.TRAIN", "('dshapes_train',)",
-        "DATASETS.TEST", "('dshapes_test',)",
-        "MODEL.MUTUAL_GUIDE.NUM_CLASSES", "3",
-        "INPUT.SIZE", "128",
-        "INPUT.MG_AUGMENT", "False",
-        "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.IMS_PER_BATCH", "4",  # the total over all processes, as in detectron2
-        "SOLVER.MAX_ITER", str(ITERS),
-        "SOLVER.WARMUP_ITERS", "1",
-        # the seed's LR rule gives iteration 1 the whole BASE_LR; 0.005 keeps the step (and the tolerances below)
-        # what detectron2's WarmupCosineLR gave it at 0.01
-        "SOLVER.BASE_LR", "0.005",
-        "MODEL.BACKBONE.NAME", "ResNet18",
-        "MODEL.NECK.NAME", "FPN",
-        "SOLVER.CHECKPOINT_PERIOD", "1000",
-        "TEST.EVAL_PERIOD", "0",
-        "SEED", "7",
-    ])
+# Beyond train_args' small CPU run: the whole batch of 4 (the total over all processes, as in detectron2), and the
+# authors' LR rule gives iteration 1 the whole BASE_LR; 0.005 keeps the step (and the tolerances below) what
+# detectron2's WarmupCosineLR gave it at 0.01.
+OPTS = ("SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", ITERS, "SOLVER.WARMUP_ITERS", 1, "SOLVER.BASE_LR", 0.005,
+        "SOLVER.CHECKPOINT_PERIOD", 1000, "SEED", 7)
 
 
 class FrozenBatchNormTrainer(train_net.Trainer):
@@ -53,10 +33,10 @@ class FrozenBatchNormTrainer(train_net.Trainer):
         return FrozenBatchNorm2d.convert_frozen_batchnorm(super().build_model(cfg))
 
 
-def _train(specs, output_dir):
-    """Runs in every process: train, then save this process's parameters."""
+def _train(argv, output_dir):
+    """Runs in every process: train (train_net's command line `argv`), then save this process's parameters."""
     torch.set_num_threads(1)
-    cfg = train_net.setup(_args(specs, output_dir))
+    cfg = train_net.setup(train_net.argument_parser().parse_args(argv))
     trainer = FrozenBatchNormTrainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
@@ -78,17 +58,17 @@ def _last_loss(output_dir):
 def four_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("dshapes")
     return make_synthetic_dataset(str(root), fmt="coco", num_train=4, num_test=2, image_size=128, seed=3,
-                                  name="dshapes")["custom_specs"]
+                                  name="dshapes")
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_like_one(four_images, tmp_path):
+def test_two_cpu_processes_train_like_one(four_images, tmp_path, train_args):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir()
     one.mkdir()
     launch(_train, 2, num_machines=1, machine_rank=0, dist_url=f"tcp://127.0.0.1:{_find_free_port()}",
-           args=(four_images, str(two)))
-    launch(_train, 1, args=(four_images, str(one)))
+           args=(train_args(four_images, two, *OPTS, as_argv=True), str(two)))
+    launch(_train, 1, args=(train_args(four_images, one, *OPTS, as_argv=True), str(one)))
 
     rank0 = torch.load(two / "params_rank0_of2.pth")
     rank1 = torch.load(two / "params_rank1_of2.pth")

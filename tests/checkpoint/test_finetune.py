@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 import train_net
-from conftest import make_cfg
 
 import detectron2.utils.comm as comm
 from detectron2.engine import launch
@@ -22,15 +21,25 @@ from mutual_guide.data import make_synthetic_dataset
 SIZE = 128
 
 
-def detector(num_classes, backbone="ShuffleNetV2", seed=0):
-    """A CPU detector at 128 px whose every float tensor, BatchNorm statistics included, is moved by noise."""
+def noisy_detector(cfg, seed=0):
+    """The detector of `cfg` whose every float tensor, BatchNorm statistics included, is moved by noise."""
     torch.manual_seed(seed)
-    model = build_model(make_cfg(backbone, "FPN", SIZE, num_classes))
+    model = build_model(cfg)
     with torch.no_grad():
         for tensor in model.state_dict().values():
             if tensor.is_floating_point():
                 tensor.add_(tensor * 0.1 * torch.randn_like(tensor) + 0.01 * torch.randn_like(tensor))
     return model
+
+
+@pytest.fixture
+def detector(make_cfg):
+    """detector(num_classes, backbone="ShuffleNetV2", seed=0): a noisy CPU detector at 128 px."""
+
+    def build(num_classes, backbone="ShuffleNetV2", seed=0):
+        return noisy_detector(make_cfg(backbone, "FPN", SIZE, num_classes), seed)
+
+    return build
 
 
 def save(model, path, authors=False):
@@ -47,7 +56,7 @@ def class_keys(model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("authors", [False, True], ids=["ours", "authors"])
-def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors):
+def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors, detector):
     source = detector(80)
     path = save(source, tmp_path / "coco.pth", authors)
     target = detector(3, seed=1)
@@ -75,7 +84,7 @@ def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors
 
 
 @pytest.mark.slow
-def test_finetune_still_refuses_another_backbone(tmp_path):
+def test_finetune_still_refuses_another_backbone(tmp_path, detector):
     path = save(detector(80, backbone="ResNet18"), tmp_path / "resnet.pth")
     target = detector(3)
     before = {k: v.clone() for k, v in target.state_dict().items()}
@@ -86,7 +95,7 @@ def test_finetune_still_refuses_another_backbone(tmp_path):
         assert torch.equal(value, before[key]), key
 
 
-def test_finetune_still_refuses_another_number_of_levels(tmp_path):
+def test_finetune_still_refuses_another_number_of_levels(tmp_path, detector, make_cfg):
     """A 512-pixel detector has a fifth pyramid level: its box layers do not fit a 128-pixel one."""
     torch.manual_seed(0)
     path = save(build_model(make_cfg("ShuffleNetV2", "FPN", 512, 80)), tmp_path / "five_levels.pth")
@@ -95,7 +104,7 @@ def test_finetune_still_refuses_another_number_of_levels(tmp_path):
 
 
 @pytest.mark.slow
-def test_without_finetune_other_classes_are_refused_and_the_fix_named(tmp_path):
+def test_without_finetune_other_classes_are_refused_and_the_fix_named(tmp_path, detector):
     path = save(detector(80), tmp_path / "coco.pth", authors=True)
     target = detector(3, seed=1)
     before = target.head.conf[0].weight.clone()
@@ -114,7 +123,7 @@ def shapes(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_runs_after_finetuning_from_80_classes(shapes, train_args, tmp_path):
+def test_training_runs_after_finetuning_from_80_classes(shapes, train_args, tmp_path, detector):
     path = save(detector(80, backbone="ResNet18"), tmp_path / "coco.pth")
     out = tmp_path / "run"
     args = train_args(shapes, out, "MODEL.WEIGHTS", path, "MODEL.MUTUAL_GUIDE.FINETUNE", "True", "SOLVER.MAX_ITER", 3)
@@ -128,7 +137,7 @@ def test_training_runs_after_finetuning_from_80_classes(shapes, train_args, tmp_
 
 
 @pytest.mark.slow
-def test_eval_only_reads_the_authors_file_as_ours(shapes, train_args, tmp_path):
+def test_eval_only_reads_the_authors_file_as_ours(shapes, train_args, tmp_path, detector):
     """The contract: `train_net.py --eval-only MODEL.WEIGHTS <authors' file>` evaluates the same network."""
 
     def evaluate(model, authors):
@@ -155,17 +164,18 @@ def test_finetune_without_weights_is_refused(shapes, train_args, tmp_path):
 
 
 # ---------------------------------------------------------------------------- two processes
-def _load_in_each_process(path, output_dir):
+def _load_in_each_process(path, output_dir, cfg):
     torch.manual_seed(100 + comm.get_rank())  # each process would draw different class layers
-    target = detector(3, seed=100 + comm.get_rank())
+    target = noisy_detector(cfg, seed=100 + comm.get_rank())
     MutualGuideCheckpointer(target, finetune=True).load(path)
     torch.save(target.head.conf.state_dict(), os.path.join(output_dir, f"conf_rank{comm.get_rank()}.pth"))
 
 
 @pytest.mark.slow
-def test_processes_start_the_new_class_layers_alike(tmp_path):
+def test_processes_start_the_new_class_layers_alike(tmp_path, detector, make_cfg):
     path = save(detector(80), tmp_path / "coco.pth")
-    launch(_load_in_each_process, 2, dist_url=f"tcp://127.0.0.1:{_find_free_port()}", args=(path, str(tmp_path)))
+    cfg = make_cfg("ShuffleNetV2", "FPN", SIZE, 3)
+    launch(_load_in_each_process, 2, dist_url=f"tcp://127.0.0.1:{_find_free_port()}", args=(path, str(tmp_path), cfg))
     rank0, rank1 = (torch.load(tmp_path / f"conf_rank{r}.pth") for r in (0, 1))
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key

@@ -8,19 +8,17 @@ the fusion as well as the runtime. With NMS in the graph, the detections equal `
 Models have random weights made informative: BatchNorm statistics are randomised (so folding changes weights)
 and the head is rescaled so that logits spread over about N(-3, 1.5) and box deltas over about N(0, 0.5).
 """
-import functools
 import os
 
 import numpy as np
 import pytest
 import torch
+from conftest import VOC_MINI
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-import mutual_guide
 import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
 from mutual_guide.export.exportable import (
@@ -34,7 +32,6 @@ from mutual_guide.export.exportable import (
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOX_ATOL = 1e-3  # pixels
 SCORE_ATOL = 1e-5
 BACKBONES = {"vgg16": "VGG16", "resnet18": "ResNet18", "repvgg": "RepVGG", "shufflenet": "ShuffleNetV2"}
@@ -42,23 +39,27 @@ NECKS = ["ssd", "fpn", "pafpn", "rfb"]
 SLOW_BACKBONES = ("vgg16", "repvgg")  # the largest networks: several seconds per export on 2 cores
 
 
-def _cfg(backbone: str, neck: str, num_classes: int = 3):
-    cfg = get_cfg()
-    mutual_guide.add_mutual_guide_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", f"mg_{backbone}_{neck}_voc.yaml"))
-    cfg.MODEL.BACKBONE.PRETRAINED = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = num_classes
-    return cfg
+@pytest.fixture(scope="module")
+def model_of(make_cfg):
+    """
+    model_of(backbone, neck, informative=True): the eval-mode detector of configs/mg_<backbone>_<neck>_voc.yaml with
+    3 classes and random weights (made informative by `_randomise`), built once per module: prepare_for_export
+    works on a copy, so no test changes it.
+    """
+    built = {}
 
+    def get(backbone: str, neck: str, informative: bool = True):
+        if (backbone, neck, informative) not in built:
+            torch.manual_seed(0)
+            cfg = make_cfg(num_classes=3, config_file=f"mg_{backbone}_{neck}_voc.yaml",
+                           opts=["MODEL.BACKBONE.PRETRAINED", ""])
+            model = build_model(cfg)
+            if informative:
+                _randomise(model)
+            built[backbone, neck, informative] = model.eval()
+        return built[backbone, neck, informative]
 
-@functools.lru_cache(maxsize=None)
-def _model(backbone: str, neck: str, informative: bool = True):
-    torch.manual_seed(0)
-    model = build_model(_cfg(backbone, neck))
-    if informative:
-        _randomise(model)
-    return model.eval()
+    return get
 
 
 @torch.no_grad()
@@ -90,7 +91,7 @@ def _images(n: int, seed: int = 0, size: int = 320) -> torch.Tensor:
 
 def _voc_images(size: int = 320) -> torch.Tensor:
     cv2 = pytest.importorskip("cv2")
-    folder = os.path.join(ROOT, "..", "shared", "data", "voc_mini", "VOC2007", "JPEGImages")
+    folder = os.path.join(VOC_MINI, "VOC2007", "JPEGImages")
     paths = [os.path.join(folder, f) for f in ("000001.jpg", "000002.jpg")]
     if not all(os.path.isfile(p) for p in paths):
         pytest.skip(f"real VOC images not found in {folder}")
@@ -133,8 +134,8 @@ PARITY_COMBOS = [  # VGG16 is covered by the export of every combination below
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,neck", PARITY_COMBOS)
-def test_onnx_and_torchscript_equal_pytorch(backbone, neck, tmp_path):
-    model = _model(backbone, neck)
+def test_onnx_and_torchscript_equal_pytorch(backbone, neck, tmp_path, model_of):
+    model = model_of(backbone, neck)
     images = _images(2, seed=5)  # exported with batch 1: the batch dimension must stay free
     ref_boxes, ref_scores = _reference(model, images)
     onnx_boxes, onnx_scores = _run_onnx(export_onnx(model, str(tmp_path / "m.onnx")), images)
@@ -146,9 +147,9 @@ def test_onnx_and_torchscript_equal_pytorch(backbone, neck, tmp_path):
 
 
 @pytest.mark.slow
-def test_exports_equal_pytorch_on_real_voc_images(tmp_path):
+def test_exports_equal_pytorch_on_real_voc_images(tmp_path, model_of):
     images = _voc_images()
-    model = _model("shufflenet", "fpn")
+    model = model_of("shufflenet", "fpn")
     ref_boxes, ref_scores = _reference(model, images)
     # float input, fixed batch for ONNX; uint8 input for TorchScript
     path = export_onnx(model, str(tmp_path / "m.onnx"), dynamic_batch=False, batch_size=2, input_dtype=torch.float32)
@@ -187,7 +188,7 @@ def _assert_same_detections(boxes, scores, classes, expected, what: str):
 
 
 def _nms_images() -> torch.Tensor:
-    folder = os.path.join(ROOT, "..", "shared", "data", "voc_mini", "VOC2007", "JPEGImages")
+    folder = os.path.join(VOC_MINI, "VOC2007", "JPEGImages")
     if os.path.isfile(os.path.join(folder, "000001.jpg")):
         return torch.cat([_images(1, seed=7), _voc_images()[:1]])
     return _images(2, seed=7)
@@ -195,9 +196,9 @@ def _nms_images() -> torch.Tensor:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("selection", ["default", "sparse"])
-def test_nms_in_graph_equals_inference(selection, tmp_path):
+def test_nms_in_graph_equals_inference(selection, tmp_path, model_of):
     """default: SCORE_THRESH_TEST 0.005, the top-300 cut decides; sparse: a threshold 100 scores deep, padding."""
-    model = _model("shufflenet", "ssd")
+    model = model_of("shufflenet", "ssd")
     images = _nms_images()
     fused = prepare_for_export(model).model
     with torch.no_grad():
@@ -232,8 +233,8 @@ def test_nms_in_graph_equals_inference(selection, tmp_path):
 
 # ------------------------------------------------------------------ RepVGG fusion
 @pytest.mark.slow
-def test_fuse_keeps_outputs_repvgg():
-    model = _model("repvgg", "fpn")
+def test_fuse_keeps_outputs_repvgg(model_of):
+    model = model_of("repvgg", "fpn")
     images = _images(1, seed=11).float() - model.pixel_mean.view(1, 3, 1, 1)
     fused = prepare_for_export(model).model
     with torch.no_grad():
@@ -261,9 +262,9 @@ def _assert_fused_backbone(path: str):
 
 
 @pytest.mark.slow
-def test_fused_backbone_check_can_fail(tmp_path):
+def test_fused_backbone_check_can_fail(tmp_path, model_of):
     """The same export without fusion has the 1x1 branches and the identity BatchNorms."""
-    model = _model("repvgg", "ssd", informative=False)
+    model = model_of("repvgg", "ssd", informative=False)
     path = export_onnx(model, str(tmp_path / "unfused.onnx"), dynamic_batch=False, fuse=False)
     with pytest.raises(AssertionError):
         _assert_fused_backbone(path)
@@ -280,8 +281,8 @@ def _combo(backbone, neck):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,neck", [_combo(b, n) for b in BACKBONES for n in NECKS])
-def test_every_backbone_and_neck_exports_at_320(backbone, neck, tmp_path):
-    model = _model(backbone, neck, informative=False)
+def test_every_backbone_and_neck_exports_at_320(backbone, neck, tmp_path, model_of):
+    model = model_of(backbone, neck, informative=False)
     num_anchors, num_classes = len(model.anchors), model.num_classes
     export_torchscript(model, str(tmp_path / "m.ts"))
     path = export_onnx(model, str(tmp_path / "m.onnx"))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import make_cfg
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -12,11 +11,16 @@ from mutual_guide.modeling.batching import batch_ground_truth
 SIZE = 128
 
 
-def make_model(mutual_guidance=True, num_classes=3):
-    cfg = make_cfg("ShuffleNetV2", "SSD", SIZE, num_classes)
-    cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
-    torch.manual_seed(0)
-    return build_model(cfg)
+@pytest.fixture
+def make_model(make_cfg):
+    """make_model(mutual_guidance=True, num_classes=3): a ShuffleNetV2-SSD detector at 128 px, torch seed 0."""
+
+    def build(mutual_guidance=True, num_classes=3):
+        cfg = make_cfg("ShuffleNetV2", "SSD", SIZE, num_classes, opts=["MODEL.MUTUAL_GUIDE.ENABLED", mutual_guidance])
+        torch.manual_seed(0)
+        return build_model(cfg)
+
+    return build
 
 
 def training_input(boxes, classes, height=SIZE, width=SIZE, seed=0):
@@ -29,7 +33,7 @@ def training_input(boxes, classes, height=SIZE, width=SIZE, seed=0):
 
 
 @pytest.mark.parametrize("mutual_guidance", [True, False])
-def test_image_without_boxes_trains(mutual_guidance):
+def test_image_without_boxes_trains(mutual_guidance, make_model):
     model = make_model(mutual_guidance).train()
     losses = model([training_input([], []), training_input([], [], seed=1)])
     assert set(losses) == {"loss_cls", "loss_box_reg"}
@@ -40,7 +44,7 @@ def test_image_without_boxes_trains(mutual_guidance):
 
 
 @pytest.mark.parametrize("box, what", [([30, 30, 30, 80], "empty"), ([5, 40, 90, float("nan")], "not finite")])
-def test_box_the_mapper_would_have_dropped_is_refused_naming_the_file(box, what):
+def test_box_the_mapper_would_have_dropped_is_refused_naming_the_file(box, what, make_model):
     """Clipping and dropping is the mapper's alone: the model does not drop a second time, it says what is wrong."""
     model = make_model().train()
     good = training_input([[10, 10, 60, 70]], [1])
@@ -63,7 +67,7 @@ def test_ground_truth_of_non_square_images_is_scaled_and_padded():
     assert gt.valid.tolist() == [[True, True], [True, False]]
 
 
-def test_inference_returns_boxes_in_original_pixels():
+def test_inference_returns_boxes_in_original_pixels(make_model):
     model = make_model().eval()
     image = torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8)
     with torch.no_grad():
@@ -82,7 +86,7 @@ def test_inference_returns_boxes_in_original_pixels():
 
 
 @pytest.mark.slow
-def test_fused_inference_keeps_outputs():
+def test_fused_inference_keeps_outputs(make_model):
     """BatchNorm folding and the NHWC layout change nothing but the speed."""
     model = make_model().eval()
     images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)

@@ -22,14 +22,15 @@ SCRIPTED_AP50 = [20.0, 60.0, 40.0]
 class ScriptedTrainer(train_net.Trainer):
     """The real evaluation (its metric names are checked), then AP50 from SCRIPTED_AP50; keeps the weights."""
 
-    evaluated = []  # (real results, weights) of every evaluation
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.evaluated = []  # (real results, weights) of every evaluation of this trainer
 
-    @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(self, cfg, model, evaluators=None):  # DefaultTrainer's hooks call it on the trainer
         results = super().test(cfg, model, evaluators)
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        cls.evaluated.append((json.loads(json.dumps(results)), weights))
-        results["bbox"]["AP50"] = SCRIPTED_AP50[len(cls.evaluated) - 1]
+        self.evaluated.append((json.loads(json.dumps(results)), weights))
+        results["bbox"]["AP50"] = SCRIPTED_AP50[len(self.evaluated) - 1]
         return results
 
 
@@ -49,11 +50,11 @@ def test_model_best_holds_the_weights_of_the_best_evaluation(run, train_args):
     trainer.resume_or_load(resume=False)
     trainer.train()
 
-    assert len(ScriptedTrainer.evaluated) == 3
-    assert "AP50" in ScriptedTrainer.evaluated[0][0]["bbox"]  # TEST.BEST_METRIC's default is a real metric
+    assert len(trainer.evaluated) == 3
+    assert "AP50" in trainer.evaluated[0][0]["bbox"]  # TEST.BEST_METRIC's default is a real metric
     best = torch.load(os.path.join(out, "model_best.pth"), map_location="cpu", weights_only=False)
     assert best["iteration"] == 3  # the evaluation after iteration 4 (detectron2 counts from 0)
-    middle, last = ScriptedTrainer.evaluated[1][1], ScriptedTrainer.evaluated[2][1]
+    middle, last = trainer.evaluated[1][1], trainer.evaluated[2][1]
     for key, value in best["model"].items():
         assert torch.equal(value, middle[key]), key
     assert any(not torch.equal(best["model"][k], last[k]) for k in last)  # training went on after the best
@@ -89,15 +90,10 @@ def test_an_unknown_metric_is_logged_with_the_ones_that_exist(logged):
     assert saved.names == ["model_best"]
 
 
-def test_every_config_evaluates_a_few_times_per_schedule():
-    from detectron2.config import get_cfg
-
-    from mutual_guide import add_mutual_guide_config
-
+def test_every_config_evaluates_a_few_times_per_schedule(make_cfg):
     for path in sorted(glob.glob(os.path.join(ROOT, "configs", "mg_*.yaml"))):
-        cfg = get_cfg()
-        add_mutual_guide_config(cfg)
-        cfg.merge_from_file(path)
+        cfg = make_cfg(config_file=path)
         evaluations = cfg.SOLVER.MAX_ITER // cfg.TEST.EVAL_PERIOD if cfg.TEST.EVAL_PERIOD > 0 else 0
         assert 3 <= evaluations <= 10, f"{path}: {evaluations} evaluations in {cfg.SOLVER.MAX_ITER} iterations"
-        assert cfg.TEST.BEST_METRIC == "bbox/AP50", path
+        # a metric the evaluators report (a misspelt one is only logged, and model_best.pth never written)
+        assert cfg.TEST.BEST_METRIC in {"bbox/AP", "bbox/AP50", "bbox/AP75"}, path

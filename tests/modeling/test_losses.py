@@ -98,10 +98,12 @@ def test_balanced_l1_continuous_at_beta_with_gradients():
     assert x.grad.tolist()[1:] == pytest.approx([1.5, below], rel=1e-6)
 
 
-def test_box2box_transform_is_ssd_encoding(oracle):
+def test_the_configured_box_encoding_is_ssds(oracle, make_cfg):
+    # the detector's Box2BoxTransform takes MODEL.MUTUAL_GUIDE.BBOX_REG_WEIGHTS: the default must be SSD's variances
+    box2box = Box2BoxTransform(weights=make_cfg().MODEL.MUTUAL_GUIDE.BBOX_REG_WEIGHTS)
     anchors = torch.tensor([[10.0, 20.0, 40.0, 35.0], [0.0, 0.0, 8.0, 8.0]])
     boxes = torch.tensor([[12.0, 18.0, 50.0, 30.0], [1.0, 2.0, 5.0, 9.0]])
-    deltas = B2B.get_deltas(anchors, boxes)
+    deltas = box2box.get_deltas(anchors, boxes)
     for d, b, a in zip(deltas, boxes, anchors):
         assert d.tolist() == pytest.approx(oracle.ssd_encode(b.tolist(), a.tolist()), rel=1e-5, abs=1e-6)
 

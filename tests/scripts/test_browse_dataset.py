@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 
-from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import MutualGuideDatasetMapper, make_synthetic_dataset, register_custom_datasets
 from mutual_guide.data.builtin import VOC_CLASS_NAMES
 
@@ -58,15 +56,12 @@ def test_generated_dataset_as_loaded(browse, shapes, drawn, tmp_path):
             assert (top_edge > 60).mean() > 0.5, (path, a["bbox"])
 
 
-def test_generated_dataset_as_augmented_is_the_mappers_output(browse, shapes, drawn, tmp_path):
-    shapes = shapes + ["INPUT.MG_AUGMENT", "True"]  # the demo's config trains without the seed's augmentation
+def test_generated_dataset_as_augmented_is_the_mappers_output(browse, shapes, drawn, tmp_path, make_cfg):
+    shapes = shapes + ["INPUT.MG_AUGMENT", "True"]  # the demo's config trains without the paper's augmentation
     args = ["--config-file", SHAPES_CONFIG, "--augmented", "--seed", "3", *shapes]
     first = browse(["--output", str(tmp_path / "a")] + args)
     # what the training mapper gives for the same seed, image after image
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.merge_from_file(SHAPES_CONFIG)
-    cfg.merge_from_list(shapes)
+    cfg = make_cfg(config_file=SHAPES_CONFIG, opts=shapes)
     register_custom_datasets(cfg)
     mapper = MutualGuideDatasetMapper(cfg, is_train=True)
     seed_all_rng(3)

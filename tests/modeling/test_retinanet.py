@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, MetadataCatalog
@@ -13,31 +14,36 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from mutual_guide.config import add_mutual_guide_config
 from mutual_guide.data import make_synthetic_dataset
-from mutual_guide.modeling.assignment import AnchorLabels, MutualGuidanceMatcher
+from mutual_guide.modeling.assignment import MutualGuidanceMatcher
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 3
 
 
-def tiny_cfg(meta_architecture="MutualGuideRetinaNet", enabled=False):
-    """detectron2's RetinaNet on a ResNet-18-FPN of 32 channels, one conv per head branch, anchors 8-161 px."""
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = meta_architecture
-    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.RESNETS.NORM = 18, 64, "GN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RETINANET.NUM_CONVS = 32, 1
-    cfg.MODEL.RETINANET.NUM_CLASSES = cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = C
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[x, x * 2 ** (1 / 3), x * 2 ** (2 / 3)] for x in (8, 16, 32, 64, 128)]
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # an untrained network scores about its prior, 0.01
-    cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.0  # Base-RetinaNet.yaml's
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (96, 112, 128), 128
-    cfg.MODEL.MUTUAL_GUIDE.ENABLED = enabled
-    return cfg
+@pytest.fixture(scope="module")
+def tiny_cfg(make_cfg):
+    """
+    tiny_cfg(meta_architecture="MutualGuideRetinaNet", enabled=False): detectron2's RetinaNet on a ResNet-18-FPN of
+    32 channels, one conv per head branch, anchors 8-161 px.
+    """
+
+    def build(meta_architecture="MutualGuideRetinaNet", enabled=False):
+        cfg = make_cfg()
+        cfg.MODEL.META_ARCHITECTURE = meta_architecture
+        cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+        cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.RESNETS.NORM = 18, 64, "GN"
+        cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RETINANET.NUM_CONVS = 32, 1
+        cfg.MODEL.RETINANET.NUM_CLASSES = cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = C
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[x, x * 2 ** (1 / 3), x * 2 ** (2 / 3)] for x in (8, 16, 32, 64, 128)]
+        cfg.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # an untrained network scores about its prior, 0.01
+        cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA = 0.0  # Base-RetinaNet.yaml's
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (96, 112, 128), 128
+        cfg.MODEL.MUTUAL_GUIDE.ENABLED = enabled
+        return cfg
+
+    return build
 
 
 def two_sizes_batch():
@@ -72,7 +78,7 @@ def head_outputs(model, batch, spread=None):
 
 
 @pytest.fixture(scope="module")
-def retinanets():
+def retinanets(tiny_cfg):
     """detectron2's RetinaNet and ours without and with mutual guidance, all on the same weights."""
     torch.manual_seed(0)
     reference = build_model(tiny_cfg("RetinaNet"))
@@ -174,7 +180,8 @@ def test_with_mutual_guidance_each_loss_runs_over_its_tasks_anchors(retinanets, 
     assert float(losses["loss_box_reg"]) == pytest.approx(loss_box / (0.9 * 100 + 0.1 * num_reg), rel=1e-5)
 
 
-def test_trains_with_mutual_guidance_on_the_demo_shapes(tmp_path):
+@pytest.mark.slow
+def test_trains_with_mutual_guidance_on_the_demo_shapes(tmp_path, tiny_cfg):
     """A few SGD steps on four of the demo's images, multi-size through detectron2's DatasetMapper: both losses
     fall (measured on the same inputs before and after, the normalisers restarted)."""
     info = make_synthetic_dataset(str(tmp_path), fmt="coco", num_train=4, num_test=0, image_size=128, seed=0)
@@ -208,6 +215,7 @@ def test_trains_with_mutual_guidance_on_the_demo_shapes(tmp_path):
     assert after["loss_box_reg"] < 0.7 * before["loss_box_reg"], (before, after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,classes,dataset", [("coco", 80, "mg_coco_2017_train"), ("voc", 20, "mg_voc_2007_test")])
 def test_configs_load_through_setup_and_build(name, classes, dataset, tmp_path, monkeypatch):
     import train_net
@@ -230,7 +238,7 @@ def test_configs_load_through_setup_and_build(name, classes, dataset, tmp_path, 
     assert dataset in checked
 
 
-def test_detectron2s_values_in_the_coco_config():
+def test_detectron2s_values_in_the_coco_config(make_cfg):
     """Every key of detectron2's own RetinaNet R50-FPN 1x config has its value in ours, but for the datasets
     (this project's registered names), the meta-architecture, the output folder and the evaluation period."""
     from detectron2 import model_zoo
@@ -241,9 +249,7 @@ def test_detectron2s_values_in_the_coco_config():
         pytest.skip("detectron2's model-zoo configs are not installed")
     reference = get_cfg()
     reference.merge_from_file(reference_file)
-    ours = get_cfg()
-    add_mutual_guide_config(ours)
-    ours.merge_from_file(os.path.join(ROOT, "configs", "retinanet_R50_FPN_mg_coco.yaml"))
+    ours = make_cfg(config_file="retinanet_R50_FPN_mg_coco.yaml")
 
     def flat(node, prefix=""):
         out = {}
@@ -253,11 +259,12 @@ def test_detectron2s_values_in_the_coco_config():
 
     expected, got = flat(reference), flat(ours)
     differ = sorted(k for k in expected if str(expected[k]) != str(got[k]))
-    # and evaluation during training (issue 10: every config evaluates a few times per schedule)
-    assert differ == ["DATASETS.TEST", "DATASETS.TRAIN", "MODEL.META_ARCHITECTURE", "OUTPUT_DIR", "TEST.EVAL_PERIOD"]
+    # and evaluation during training (every config evaluates a few times per schedule)
+    assert differ == ["DATASETS.TEST", "DATASETS.TRAIN", "MODEL.DEVICE", "MODEL.META_ARCHITECTURE", "OUTPUT_DIR",
+                      "TEST.EVAL_PERIOD"]
 
 
-def test_bad_settings_are_refused_with_their_key():
+def test_bad_settings_are_refused_with_their_key(tiny_cfg):
     cfg = tiny_cfg(enabled=True)
     cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = 5
     with pytest.raises(ValueError, match=r"MODEL.RETINANET.NUM_CLASSES \(3\) and MODEL.MUTUAL_GUIDE.NUM_CLASSES \(5\)"):
@@ -270,7 +277,8 @@ def test_bad_settings_are_refused_with_their_key():
     assert isinstance(build_model(cfg).anchor_matcher, Matcher)
 
 
-def test_train_net_trains_and_evaluates_it_as_detectron2_would(tmp_path):
+@pytest.mark.slow
+def test_train_net_trains_and_evaluates_it_as_detectron2_would(tmp_path, monkeypatch, tiny_cfg):
     """train_net.py on the RetinaNet config (shrunk to a tiny ResNet at 96-128 px): detectron2's DatasetMapper
     (multi-size inputs, not the paper's S x S), a training run, then --eval-only from its checkpoint through
     detectron2's partial-fit loading, with the COCO metrics of the generated test set."""
@@ -305,11 +313,9 @@ def test_train_net_trains_and_evaluates_it_as_detectron2_would(tmp_path):
         seen.append(out["image"].shape)
         return out
 
-    try:
-        DatasetMapper.__call__ = recording
-        train_net.main(train_net.argument_parser().parse_args(["--config-file", config, *opts]))
-    finally:
-        DatasetMapper.__call__ = original
+    monkeypatch.setattr(DatasetMapper, "__call__", recording)
+    train_net.main(train_net.argument_parser().parse_args(["--config-file", config, *opts]))
+    monkeypatch.undo()
     assert {s[-2:] for s in seen} - {(128, 128)}, "detectron2's mapper keeps the aspect, not the paper's square"
     weights = tmp_path / "run" / "model_final.pth"
     assert weights.is_file()

@@ -18,6 +18,7 @@ REMOVED = [
     "output/demo/shapes/images/train_00000.jpg",
     ".pytest_cache/v/cache/nodeids",  # make test
     "tests/__pycache__/conftest.cpython-311.pyc",
+    "tests/modeling/__pycache__/test_anchors.cpython-311-pytest-8.0.0.pyc",  # the test folders' caches too
     "projects/MutualGuide/mutual_guide/__pycache__/head.cpython-311.pyc",
 ]
 

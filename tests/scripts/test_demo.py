@@ -1,5 +1,6 @@
-"""demo.py: class names of COCO-json and VOC datasets, --json, videos, the webcam's refusal, and every kind of bad
-input in one batch (the others still drawn, each failure naming its file)."""
+"""demo.py: class names of COCO-json and VOC datasets, --json, videos, the webcam's refusal, every kind of bad
+input in one batch (the others still drawn, each failure naming its file), random weights refused, and a folder of
+real VOC images drawn."""
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import demo
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, VOC_MINI_DATASET
 from PIL import Image
 
 from detectron2.data import MetadataCatalog
@@ -25,7 +26,7 @@ CLASSES = ["circle", "square", "triangle"]
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
+def shapes(tmp_path_factory, shapes_cfg):
     """A generated COCO-json dataset, its DATASETS.CUSTOM options, and weights of a (random) model saved to a file."""
     root = tmp_path_factory.mktemp("demo_shapes")
     name = f"dm{uuid.uuid4().hex[:6]}"
@@ -34,21 +35,20 @@ def shapes(tmp_path_factory):
             "DATASETS.TEST", f"('{name}_test',)"]
     torch.manual_seed(0)
     weights = root / "model.pth"
-    torch.save({"model": build_model(_cfg(opts)).state_dict()}, weights)
+    torch.save({"model": build_model(shapes_cfg(opts)).state_dict()}, weights)
     return {"info": info, "test": f"{name}_test", "opts": opts + ["MODEL.WEIGHTS", str(weights)]}
 
 
-def _cfg(opts):
-    from detectron2.config import get_cfg
+@pytest.fixture(scope="module")
+def shapes_cfg(make_cfg):
+    """shapes_cfg(opts): configs/demo_shapes.yaml with `opts`, its datasets registered."""
 
-    from mutual_guide import add_mutual_guide_config
+    def build(opts):
+        cfg = make_cfg(config_file=CONFIG, opts=opts)
+        register_custom_datasets(cfg)
+        return cfg
 
-    cfg = get_cfg()
-    add_mutual_guide_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(list(opts))
-    register_custom_datasets(cfg)
-    return cfg
+    return build
 
 
 def run(source, output, *extra, opts=()):
@@ -97,7 +97,7 @@ def test_dataset_option_names_the_classes_and_is_checked(shapes, tmp_path, write
 
 
 @pytest.mark.slow
-def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path):
+def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path, shapes_cfg):
     image = np.random.RandomState(0).randint(0, 255, (90, 200, 3)).astype(np.uint8)  # wide: x and y scale apart
     cv2.imwrite(str(tmp_path / "wide.png"), image)
     out_json = tmp_path / "saved" / "predictions.json"
@@ -107,7 +107,7 @@ def test_json_holds_every_prediction_drawn_in_original_pixels(shapes, tmp_path):
     with open(out_json) as f:
         saved = json.load(f)
     # the oracle: the predictor itself on the same image, kept at the same threshold
-    instances = MutualGuidePredictor(_cfg(shapes["opts"]))(image)
+    instances = MutualGuidePredictor(shapes_cfg(shapes["opts"]))(image)
     keep = instances.scores >= threshold
     assert 0 < int(keep.sum()) < 300
     boxes = [p["box_xyxy"] for p in saved["predictions"]]
@@ -144,10 +144,10 @@ def _read_video(path):
 
 
 @pytest.mark.slow
-def test_video_is_drawn_frame_by_frame(shapes, tmp_path):
+def test_video_is_drawn_frame_by_frame(shapes, tmp_path, shapes_cfg):
     _write_video(tmp_path / "clip.mp4", 6)
     first = _read_video(tmp_path / "clip.mp4")[0]
-    drawing = draw_predictions(first, MutualGuidePredictor(_cfg(shapes["opts"]))(first), None, 0.3)
+    drawing = draw_predictions(first, MutualGuidePredictor(shapes_cfg(shapes["opts"]))(first), None, 0.3)
     assert drawing.shape == (341, 512, 3)  # 96 x 64 enlarged
     expected = (342, 512, 3)  # even sides, as the encoders want
 
@@ -238,3 +238,63 @@ def test_every_kind_of_bad_input_in_one_batch(shapes, tmp_path, logged):
     result = run(["--input", inputs / "gray.png"], inputs, opts=shapes["opts"])
     assert result == ("exit", 2)  # refused before anything is predicted
     assert (cv2.imread(str(inputs / "gray.png"), cv2.IMREAD_UNCHANGED) == 90).all()
+
+
+def _demo(tmp_path, inputs, *extra):
+    import demo
+
+    return demo.main(["--config-file", os.path.join(ROOT, "configs", "demo_shapes.yaml"), "--input", *inputs,
+                      "--output", str(tmp_path / "drawn"), *extra,
+                      "--opts", "MODEL.DEVICE", "cpu", "INPUT.SIZE", "64"])
+
+
+def test_demo_refuses_random_weights(tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((40, 50, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit_:
+        _demo(tmp_path, [str(tmp_path / "a.jpg")])
+    assert exit_.value.code == 2
+    assert "MODEL.WEIGHTS is not set, so the network would be randomly initialised" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "drawn")
+
+
+def test_demo_keeps_going_past_bad_files_and_never_shares_an_output(tmp_path, logged):
+    messages = logged("demo")
+    rng = np.random.RandomState(0)
+    for path in ("a/photo.jpg", "a/photo.png", "b/photo.jpg"):
+        os.makedirs(tmp_path / os.path.dirname(path), exist_ok=True)
+        cv2.imwrite(str(tmp_path / path), rng.randint(0, 255, (40, 50, 3)).astype(np.uint8))
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as exit_:
+        _demo(tmp_path, [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "none" / "*.jpg")],
+              "--allow-random-weights")
+    assert exit_.value.code == 1
+    drawn = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "drawn")
+                   for d, _, fs in os.walk(tmp_path / "drawn") for f in fs)
+    assert drawn == ["a/photo.jpg", "a/photo.png", "b/photo.jpg"]
+    log = "\n".join(messages)
+    assert "2 input(s) failed, 3 drawn" in log
+    assert re.search(r"a/broken.jpg: OSError: cannot read the image", log)
+    assert re.search(r"none/\*.jpg: matches no image file", log)
+
+
+@pytest.mark.slow
+def test_demo_script_draws_a_folder(voc_mini_root, tmp_path, voc_mini_cfg):
+    torch.manual_seed(0)
+    cfg = voc_mini_cfg()
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    out = tmp_path / "drawn"
+    count = demo.main([
+        "--config-file", os.path.join(ROOT, "configs", "mg_shufflenet_ssd_voc.yaml"),
+        "--input", os.path.join(voc_mini_root, "JPEGImages"),
+        "--output", str(out), "--confidence-threshold", "0.0",
+        "--opts", "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu",
+        "DATASETS.CUSTOM", str(cfg.DATASETS.CUSTOM), "DATASETS.TEST", f"('{VOC_MINI_DATASET}',)",
+    ])
+    assert count == 2
+    for name, size in (("000001.jpg", (725, 512)), ("000002.jpg", (764, 512))):
+        drawn = cv2.imread(str(out / name))
+        original = cv2.imread(os.path.join(voc_mini_root, "JPEGImages", name))
+        enlarged = cv2.resize(original, size[::-1], interpolation=cv2.INTER_LINEAR)
+        assert drawn.shape == (*size, 3)
+        assert np.abs(drawn.astype(int) - enlarged.astype(int)).mean() > 10  # 300 boxes drawn over it

@@ -7,7 +7,6 @@ a TorchDispatchMode counts them here as a GPU would suffer them.
 """
 import pytest
 import torch
-from conftest import make_cfg
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from detectron2.modeling import build_model
@@ -68,11 +67,15 @@ def training_batch(n, num_classes=3, seed=0):
     return batch
 
 
-def make_model(mutual_guidance=True):
-    cfg = make_cfg("ShuffleNetV2", "FPN", SIZE, num_classes=3)
-    cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
-    torch.manual_seed(0)
-    return build_model(cfg).train()
+@pytest.fixture
+def make_model(make_cfg):
+    def build(mutual_guidance=True):
+        cfg = make_cfg("ShuffleNetV2", "FPN", SIZE, num_classes=3)
+        cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
+        torch.manual_seed(0)
+        return build_model(cfg).train()
+
+    return build
 
 
 def host_reads_of_one_step(model, batch):
@@ -87,7 +90,7 @@ def host_reads_of_one_step(model, batch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mutual_guidance", [True, False])
-def test_host_reads_of_a_training_step_do_not_grow_with_the_batch(mutual_guidance):
+def test_host_reads_of_a_training_step_do_not_grow_with_the_batch(mutual_guidance, make_model):
     model = make_model(mutual_guidance)
     small = host_reads_of_one_step(model, training_batch(2))
     large = host_reads_of_one_step(model, training_batch(8))
@@ -121,7 +124,7 @@ def test_channel_shuffle_keeps_the_layout_and_equals_torchvisions(layout):
 
 
 @pytest.mark.slow
-def test_nhwc_training_gives_the_nchw_losses_and_gradients():
+def test_nhwc_training_gives_the_nchw_losses_and_gradients(make_cfg):
     """In float64, where the two layouts' different summation orders leave no visible trace (in float32,
     BatchNorm over 2 images amplifies them to about 1% in the first layer's gradient)."""
     cfg = make_cfg("ShuffleNetV2", "FPN", SIZE, num_classes=3)
@@ -176,13 +179,13 @@ def check_autocast(model, batch, device_type, dtype):
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
-def test_autocast_bfloat16_on_cpu_keeps_labels_and_float32_losses():
+def test_autocast_bfloat16_on_cpu_keeps_labels_and_float32_losses(make_model):
     model = make_model()
     check_autocast(model, training_batch(2), "cpu", torch.bfloat16)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_autocast_float16_on_cuda_keeps_labels_and_float32_losses():
+def test_autocast_float16_on_cuda_keeps_labels_and_float32_losses(make_cfg):
     cfg = make_cfg("ShuffleNetV2", "FPN", SIZE, num_classes=3)
     cfg.MODEL.DEVICE = "cuda"
     torch.manual_seed(0)
@@ -191,7 +194,7 @@ def test_autocast_float16_on_cuda_keeps_labels_and_float32_losses():
 
 
 @pytest.mark.slow
-def test_half_model_inference():
+def test_half_model_inference(make_model):
     model = make_model().eval()
     batch = [{"image": x["image"]} for x in training_batch(2)]
     with torch.no_grad():

@@ -6,13 +6,11 @@ import os
 import pytest
 import torch
 import train_net
-from conftest import ROOT
 
-from detectron2.engine import HookBase, default_argument_parser
+from detectron2.engine import HookBase
 
 from mutual_guide.data import make_synthetic_dataset
 
-CONFIG = os.path.join(ROOT, "configs", "demo_shapes.yaml")
 pytestmark = pytest.mark.slow  # the module's runs share a training fixture: all of it is left to `make test`
 
 
@@ -22,25 +20,15 @@ def shapes(tmp_path_factory):
     return make_synthetic_dataset(str(root), fmt="coco", num_train=16, num_test=8, image_size=128, seed=0, name="tshapes")
 
 
-def args_for(info, output_dir, *opts, eval_only=False, resume=False, name="tshapes"):
-    argv = ["--config-file", CONFIG]
-    argv += ["--eval-only"] if eval_only else []
-    argv += ["--resume"] if resume else []
-    argv += [
-        "OUTPUT_DIR", str(output_dir),
-        "DATASETS.CUSTOM", str(info["custom_specs"]),
-        "DATASETS.TRAIN", f"('{name}_train',)",
-        "DATASETS.TEST", f"('{name}_test',)",
-        "MODEL.MUTUAL_GUIDE.NUM_CLASSES", "3",
-        "INPUT.SIZE", "128",
-        "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.WARMUP_ITERS", "5",
-        "SOLVER.BASE_LR", "0.02",
-        "MODEL.BACKBONE.NAME", "ResNet18",
-        "MODEL.NECK.NAME", "FPN",
-    ]
-    return default_argument_parser().parse_args(argv + [str(o) for o in opts])
+@pytest.fixture(scope="module")
+def args_for(train_args):
+    """train_args with the batch of 4 and the warm-up of 5 iterations these runs were measured with."""
+
+    def build(info, output_dir, *opts, eval_only=False, resume=False):
+        return train_args(info, output_dir, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.WARMUP_ITERS", 5, *opts,
+                          eval_only=eval_only, resume=resume)
+
+    return build
 
 
 def read_metrics(output_dir):
@@ -63,7 +51,7 @@ class _LossRecorder(HookBase):
 
 
 @pytest.fixture(scope="module")
-def trained(shapes, tmp_path_factory):
+def trained(shapes, tmp_path_factory, args_for):
     """A 60-iteration run that evaluates at its end (the trainer's own evaluation, unfused model)."""
     out = tmp_path_factory.mktemp("train")
     # without augmentation, so that 60 iterations on 16 images visibly fit them
@@ -92,7 +80,7 @@ def test_training_ends_with_an_evaluation(trained):
     assert len(read_detections(out)) > 0
 
 
-def test_eval_only_gives_the_same_metrics(trained, shapes, tmp_path):
+def test_eval_only_gives_the_same_metrics(trained, shapes, tmp_path, args_for):
     out, results, _ = trained
     before = read_detections(out)
     # Same weights, unfused: the same detections and metrics exactly.
@@ -134,17 +122,17 @@ def _final_weights(output_dir):
     return torch.load(os.path.join(output_dir, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
 
 
-def test_resume_continues_an_interrupted_run(shapes, tmp_path):
+def test_resume_continues_an_interrupted_run(shapes, tmp_path, args_for):
     # The training set is one image and augmentation is off, so every batch is that image twice, in the
     # uninterrupted run and after resuming alike (a resumed run restarts its sampler, so with more images the
     # batches would come in another order, and the discrete assignment turns rounding into different labels).
     opts = ("SOLVER.MAX_ITER", 8, "SOLVER.CHECKPOINT_PERIOD", 3, "INPUT.MG_AUGMENT", "False", "TEST.EVAL_PERIOD", 0,
             "SOLVER.IMS_PER_BATCH", 2)
     info = make_synthetic_dataset(str(tmp_path / "one"), fmt="coco", num_train=1, num_test=2, image_size=128,
-                                  seed=1, name="rshapes")
-    train_net.main(args_for(info, tmp_path / "straight", *opts, name="rshapes"))
+                                  seed=1)
+    train_net.main(args_for(info, tmp_path / "straight", *opts))
 
-    cfg = train_net.setup(args_for(info, tmp_path / "cut", *opts, name="rshapes"))
+    cfg = train_net.setup(args_for(info, tmp_path / "cut", *opts))
     trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.register_hooks([_Interrupt(at=4)])
@@ -154,7 +142,7 @@ def test_resume_continues_an_interrupted_run(shapes, tmp_path):
     with open(tmp_path / "cut" / "last_checkpoint") as f:
         assert f.read().strip() == "model_0000002.pth"
 
-    resumed = train_net.Trainer(train_net.setup(args_for(info, tmp_path / "cut", *opts, resume=True, name="rshapes")))
+    resumed = train_net.Trainer(train_net.setup(args_for(info, tmp_path / "cut", *opts, resume=True)))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 3
     assert resumed.scheduler.last_epoch == 3  # the learning-rate schedule continues, not restarts
@@ -170,13 +158,13 @@ def test_resume_continues_an_interrupted_run(shapes, tmp_path):
         assert lrs_resumed[it] == pytest.approx(lrs[it]), it
 
 
-def test_bad_num_classes_is_refused(shapes, tmp_path):
+def test_bad_num_classes_is_refused(shapes, tmp_path, args_for):
     args = args_for(shapes, tmp_path, "MODEL.MUTUAL_GUIDE.NUM_CLASSES", 5, "SOLVER.MAX_ITER", 1)
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         train_net.main(args)
 
 
-def test_non_finite_loss_stops_with_the_iteration(shapes, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_iteration(shapes, tmp_path, monkeypatch, args_for):
     from mutual_guide.modeling.meta_arch.detector import MutualGuideDetector
 
     real_losses = MutualGuideDetector.losses

@@ -37,9 +37,8 @@ class _Recorder:
         return [{"instances": None}]
 
 
-def test_every_path_gives_the_network_the_same_pixels(photo, load_tool, cfg_factory):
-    cfg = cfg_factory(size=SIZE)
-    cfg.INPUT.MG_AUGMENT = False
+def test_every_path_gives_the_network_the_same_pixels(photo, load_tool, make_cfg):
+    cfg = make_cfg(size=SIZE, opts=["INPUT.MG_AUGMENT", False])
     original = cv2.imread(photo)
     expected = resize_to_input(original, SIZE)
     assert expected.shape == (SIZE, SIZE, 3) and expected.dtype == np.uint8
