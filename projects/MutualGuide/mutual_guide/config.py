@@ -138,6 +138,8 @@ def add_mutual_guide_config(cfg):
     _C.TEST.DRAW_SCORE_THRESH = 0.3
     # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
     _C.TEST.BEST_METRIC = "bbox/AP50"
+    # Stop training when TEST.BEST_METRIC has not improved for this many evaluations in a row; 0: never.
+    _C.TEST.EARLY_STOP_PATIENCE = 0
     # detectron2's key, read by the detector: every this many training iterations, a few of the batch's images with
     # their ground truth and the anchors each task trains on go to TensorBoard (training_samples.py); 0: never.
     _C.VIS_PERIOD = 0
