@@ -27,6 +27,9 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.BACKBONE.PRETRAINED = ""
     # Train-time RepVGG blocks (3x3 + 1x1 + identity branches) or deploy-time fused 3x3 convs.
     _C.MODEL.BACKBONE.REPVGG_DEPLOY = False
+    # The paper trains every layer: 0 (detectron2's default, 2, freezes its ResNet's stem and res2). k > 0 freezes
+    # the stem and the first k - 1 stages: weights and BatchNorm statistics (backbone.TwoMapBackbone.freeze).
+    _C.MODEL.BACKBONE.FREEZE_AT = 0
 
     _C.MODEL.NECK = CN()
     _C.MODEL.NECK.NAME = "FPN"  # one of SSD, FPN, PAFPN, RFB (NECK_REGISTRY)
