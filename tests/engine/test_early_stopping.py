@@ -7,6 +7,9 @@ import pytest
 import torch
 import train_net
 
+import detectron2.utils.comm as comm
+from detectron2.engine import launch
+from detectron2.engine.launch import _find_free_port
 from detectron2.utils.events import EventStorage
 
 from mutual_guide.data import make_synthetic_dataset
@@ -33,6 +36,8 @@ class ScriptedTrainer(train_net.Trainer):
 
     def test(self, cfg, model, evaluators=None):  # an instance's method, to know the iteration evaluated
         self.evaluated[self.iter] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if not comm.is_main_process():
+            return {}  # as detectron2's evaluators: the results are the main process's
         ap50 = SCRIPTED_AP50[self.iter]
         return {"bbox": {"AP": ap50 / 2, "AP50": ap50}}
 
@@ -48,9 +53,9 @@ def shapes(tmp_path_factory):
                                   image_size=64, seed=3, name=f"stop{uuid.uuid4().hex[:8]}")
 
 
-def _args(train_args, shapes, out, resume=False):
+def _args(train_args, shapes, out, *opts, resume=False):
     return train_args(shapes, out, "INPUT.SIZE", 64, "MODEL.BACKBONE.NAME", "ShuffleNetV2", "SOLVER.MAX_ITER", 12,
-                      "TEST.EVAL_PERIOD", 2, "SOLVER.CHECKPOINT_PERIOD", 3, "TEST.EARLY_STOP_PATIENCE", 2,
+                      "TEST.EVAL_PERIOD", 2, "SOLVER.CHECKPOINT_PERIOD", 3, "TEST.EARLY_STOP_PATIENCE", 2, *opts,
                       resume=resume)
 
 
@@ -110,6 +115,28 @@ def test_a_resumed_run_counts_on_and_stops_at_the_same_iteration(shapes, train_a
         assert torch.equal(value, interrupted.evaluated[3][key]), key
 
 
+def _train_in_process(args, output_dir):
+    """Runs in every process: the scripted run; writes the iteration this process stopped at."""
+    torch.set_num_threads(1)
+    trainer = ScriptedTrainer(train_net.setup(args))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    with open(os.path.join(output_dir, f"stopped_rank{comm.get_rank()}"), "w") as f:
+        f.write(f"{trainer.iter} {sorted(trainer.evaluated)}")
+
+
+@pytest.mark.slow
+def test_every_process_stops_at_the_main_process_decision(shapes, train_args, tmp_path):
+    # only the main process has the metric: without its decision shared, the other trains on alone, and its next
+    # all-reduce fails once the main process has left
+    launch(_train_in_process, 2, num_machines=1, machine_rank=0, dist_url=f"tcp://127.0.0.1:{_find_free_port()}",
+           # 2 images a process: BatchNorm needs more than one value per channel on the 1 x 1 map of a 64 x 64 image
+           args=(_args(train_args, shapes, tmp_path, "SOLVER.IMS_PER_BATCH", 4), str(tmp_path)))
+    expected = f"{STOP_ITER} [1, 3, 5, 7]"
+    assert [(tmp_path / f"stopped_rank{rank}").read_text() for rank in (0, 1)] == [expected, expected]
+    assert _checkpoint(tmp_path, "model_final.pth")["iteration"] == STOP_ITER
+
+
 def _evaluate(hook, iteration, **metrics):
     """One evaluation stored at `iteration` (detectron2's trainer.iter), then the hook's after_step."""
     storage = EventStorage(start_iter=iteration)
@@ -146,6 +173,13 @@ def test_only_the_iterations_of_evaluations_are_counted():
     assert _evaluate(hook, 14, **{"bbox/AP50": 30.0}) is False
     assert _evaluate(hook, 99, **{"bbox/AP50": 30.0}) is False
     assert hook.evaluations_without_improvement == 0
+
+
+def test_patience_without_evaluation_during_training_is_refused(shapes, train_args, tmp_path):
+    args = train_args(shapes, tmp_path, "TEST.EVAL_PERIOD", 0, "TEST.EARLY_STOP_PATIENCE", 3)
+    with pytest.raises(ValueError, match=r"TEST.EARLY_STOP_PATIENCE 3 counts evaluations during training: it needs "
+                                         r"TEST.EVAL_PERIOD > 0 and DATASETS.TEST"):
+        train_net.setup(args)
 
 
 def test_the_count_comes_back_from_the_state_saved():

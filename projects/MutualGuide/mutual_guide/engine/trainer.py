@@ -106,8 +106,8 @@ class Trainer(DefaultTrainer):
             # its iteration. (model_final.pth is saved in after_step too: the final evaluation, in after_train,
             # still comes after it.)
             periodic = next(h for h in ret if isinstance(h, hooks.PeriodicCheckpointer))
-            ret.insert(after_eval, periodic)  # before the hooks after it move down, then the first one is removed
-            ret.remove(periodic)
+            ret.insert(after_eval, periodic)
+            ret.remove(periodic)  # the first of the two: its place before EvalHook
         return ret
 
     def after_step(self):
