@@ -112,4 +112,6 @@ def add_mutual_guide_config(cfg):
     _C.TEST.DRAW_SCORE_THRESH = 0.3
     # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
     _C.TEST.BEST_METRIC = "bbox/AP50"
+    # Stop training when TEST.BEST_METRIC has not improved for this many evaluations in a row; 0: never.
+    _C.TEST.EARLY_STOP_PATIENCE = 0
     return cfg

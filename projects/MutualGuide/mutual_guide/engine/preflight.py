@@ -62,6 +62,12 @@ def check_config(cfg, training=True):
                    f"number of processes ({world})")
     if not isinstance(cfg.TEST.EVAL_PERIOD, int) or cfg.TEST.EVAL_PERIOD < 0:
         bad.append(f"TEST.EVAL_PERIOD must be 0 (no evaluation during training) or positive, got {cfg.TEST.EVAL_PERIOD!r}")
+    patience = cfg.TEST.EARLY_STOP_PATIENCE
+    if not isinstance(patience, int) or patience < 0:
+        bad.append(f"TEST.EARLY_STOP_PATIENCE must be 0 (no early stopping) or positive, got {patience!r}")
+    elif training and patience > 0 and not (cfg.TEST.EVAL_PERIOD > 0 and len(cfg.DATASETS.TEST)):
+        bad.append(f"TEST.EARLY_STOP_PATIENCE {patience} counts evaluations during training: it needs "
+                   "TEST.EVAL_PERIOD > 0 and DATASETS.TEST")
     try:
         check_box_convention(cfg.DATASETS.BOX_CONVENTION)
     except ValueError as e:

@@ -8,19 +8,20 @@ import torch
 import detectron2.utils.comm as comm
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import verify_results
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 
 from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
 from mutual_guide.data import build_dataset_mapper
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine.devices import check_amp_supported, convert_sync_batchnorm
-from mutual_guide.engine.hooks import BestModelCheckpointer
+from mutual_guide.engine.hooks import BestModelCheckpointer, EarlyStopping, StopTraining
 from mutual_guide.engine.preflight import check_num_classes
 from mutual_guide.evaluation import build_dataset_evaluator
 from mutual_guide.modeling.backbone import load_pretrained_backbone
 from mutual_guide.solver import build_lr_scheduler
 from mutual_guide.utils.atomic_io import AtomicJSONWriter, remove_stale_temporaries
-from mutual_guide.utils.detectron2_compat import ddp_without_device_ids
+from mutual_guide.utils.detectron2_compat import ddp_without_device_ids, last_evaluation_results
 
 __all__ = ["Trainer", "load_imagenet_backbone"]
 
@@ -73,19 +74,60 @@ class Trainer(DefaultTrainer):
         return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
 
     def build_hooks(self):
-        """detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation."""
+        """
+        detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation, and
+        with TEST.EARLY_STOP_PATIENCE > 0, early stopping (hooks.EarlyStopping).
+        """
         # DefaultTrainer.__init__ makes a DetectionCheckpointer right before it calls this, and the checkpointing
         # hooks keep the one they are given: ours (weights must fit the network, or FINETUNE) replaces it first.
         self.checkpointer = MutualGuideCheckpointer(
             self.model, self.cfg.OUTPUT_DIR, finetune=self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
         )
         ret = super().build_hooks()
-        if self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST) and comm.is_main_process():
-            # right after the evaluation that stores the metric
-            after_eval = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+        if not (self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST)):
+            return ret
+        # right after the evaluation that stores the metric
+        after_eval = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+        if comm.is_main_process():
             best = BestModelCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.TEST.BEST_METRIC)
+            self.checkpointer.add_checkpointable("best_model", best.best_so_far)
             ret.insert(after_eval, best)
+            after_eval += 1
+        if self.cfg.TEST.EARLY_STOP_PATIENCE > 0:
+            stopping = EarlyStopping(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, self.cfg.TEST.BEST_METRIC,
+                                     self.cfg.TEST.EARLY_STOP_PATIENCE)
+            self.checkpointer.add_checkpointable("early_stopping", stopping.progress)
+            ret.insert(after_eval, stopping)
+            after_eval += 1
+        if comm.is_main_process():
+            # detectron2 saves the periodic checkpoint before it evaluates: one saved at an evaluation's iteration
+            # would hold the best value and count of the evaluation before, and a run resumed from it would keep a
+            # worse model_best.pth, or stop one evaluation late. Saved after them, it holds everything decided at
+            # its iteration. (model_final.pth is saved in after_step too: the final evaluation, in after_train,
+            # still comes after it.)
+            periodic = next(h for h in ret if isinstance(h, hooks.PeriodicCheckpointer))
+            ret.insert(after_eval, periodic)
+            ret.remove(periodic)  # the first of the two: its place before EvalHook
         return ret
+
+    def after_step(self):
+        """The hooks after an iteration; then, if one of them asks (`stop_training`), the end of training."""
+        super().after_step()
+        if any(getattr(h, "stop_training", False) for h in self._hooks):
+            raise StopTraining
+
+    def train(self):
+        """
+        DefaultTrainer.train, which also ends when a hook stops the training (hooks.EarlyStopping): its hooks'
+        after_train have run then, and results are verified and returned as at the end of the schedule.
+        """
+        try:
+            return super().train()
+        except StopTraining:
+            if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+                verify_results(self.cfg, last_evaluation_results(self))
+                return last_evaluation_results(self)
+            return None
 
     def build_writers(self):
         """detectron2's default writers, with metrics.json written atomically (utils/atomic_io.AtomicJSONWriter)."""

@@ -4,10 +4,10 @@ Each returns two maps, {"s8": stride 8, "s16": stride 16}. Module names equal th
 ImageNet parts, torchvision's or RepVGG's official ones), so both kinds of checkpoints load by name.
 """
 import os
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
@@ -21,8 +21,8 @@ class TwoMapBackbone(Backbone):
     """
     Base of the four backbones: `forward(x)` returns {"s8": ..., "s16": ...} from `features(x)`.
 
-    Subclasses define `features(x) -> (s8, s16)`, `imagenet_to_ours(sd)` (rename an ImageNet classifier's
-    state dict to ours, dropping its classifier) and `torchvision_state_dict()`.
+    Subclasses define `features(x) -> (s8, s16)`, `stages()` (the units `freeze` counts), `imagenet_to_ours(sd)`
+    (rename an ImageNet classifier's state dict to ours, dropping its classifier) and `torchvision_state_dict()`.
     """
 
     def __init__(self, channels: Sequence[int]):
@@ -30,9 +30,48 @@ class TwoMapBackbone(Backbone):
         self._out_features = ["s8", "s16"]
         self._out_feature_channels = {"s8": channels[0], "s16": channels[1]}
         self._out_feature_strides = {"s8": 8, "s16": 16}
+        self._freeze_at = 0
 
     def features(self, x: Tensor):
         raise NotImplementedError
+
+    def stages(self) -> List[List[nn.Module]]:
+        """The modules of the stem, then of each stage, in the order of the forward pass."""
+        raise NotImplementedError
+
+    def freeze(self, freeze_at: int = 0) -> "TwoMapBackbone":
+        """
+        MODEL.BACKBONE.FREEZE_AT, as detectron2's ResNet reads it: 0 freezes nothing, 1 the stem, k the stem and
+        the first k - 1 stages (`stages()`). A frozen stage's parameters get no gradient (requires_grad False, so
+        that detectron2's optimizer leaves them out) and its BatchNorms stay in eval mode whatever `train()` says:
+        they normalise with their running statistics and never update them.
+
+        Not detectron2's FrozenBatchNorm2d, which computes the same but has no `num_batches_tracked`: a checkpoint
+        of the same network trained unfrozen (the detector a small fine-tune starts from, the ImageNet weights)
+        would no longer fit exactly, and the checkpointer loads whole detectors strictly. Kept as BatchNorm2d, the
+        frozen network has the state dict of the unfrozen one, and BN folding (fusion.py) is unchanged.
+        """
+        units = self.stages()
+        if not isinstance(freeze_at, int) or not 0 <= freeze_at <= len(units):
+            raise ValueError(
+                f"MODEL.BACKBONE.FREEZE_AT must be 0 (nothing frozen) to {len(units)} ({type(self).__name__}: the "
+                f"stem and {len(units) - 1} stages), got {freeze_at!r}"
+            )
+        self._freeze_at = freeze_at
+        for module in self._frozen_modules():
+            for param in module.parameters():
+                param.requires_grad_(False)
+        return self.train(self.training)
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        # looked up at each call: SyncBatchNorm conversion replaces BatchNorms inside the stages after `freeze`
+        return [module for unit in self.stages()[: self._freeze_at] for module in unit]
+
+    def train(self, mode: bool = True) -> "TwoMapBackbone":
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         s8, s16 = self.features(x)

@@ -117,6 +117,10 @@ class RepVGGBackbone(TwoMapBackbone):
         s8 = self.stage3(x)
         return s8, self.stage4(s8)
 
+    def stages(self):
+        """The stem (stage0, one block), then stage1..stage4."""
+        return [[self.stage0], [self.stage1], [self.stage2], [self.stage3], [self.stage4]]
+
     @staticmethod
     def imagenet_to_ours(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """The official RepVGG keys are ours; the classifier `linear.*` is dropped."""
@@ -133,4 +137,4 @@ class RepVGGBackbone(TwoMapBackbone):
 def RepVGG(cfg, input_shape):
     """Registered as "RepVGG": RepVGG-A2, 384 / 1408 channels at strides 8 / 16; deploy form by REPVGG_DEPLOY."""
     check_input_shape(input_shape, "RepVGG")
-    return RepVGGBackbone(deploy=cfg.MODEL.BACKBONE.REPVGG_DEPLOY)
+    return RepVGGBackbone(deploy=cfg.MODEL.BACKBONE.REPVGG_DEPLOY).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)

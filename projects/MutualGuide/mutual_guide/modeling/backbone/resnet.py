@@ -44,6 +44,10 @@ class ResNet18Backbone(TwoMapBackbone):
         s8 = self.layer3(x)
         return s8, self.layer4(s8)
 
+    def stages(self):
+        """The stem (conv1, bn1), then layer1..layer4 (detectron2's res2..res5)."""
+        return [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+
     @staticmethod
     def imagenet_to_ours(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """torchvision's keys are ours; only the classifier `fc.*` is dropped."""
@@ -59,4 +63,4 @@ class ResNet18Backbone(TwoMapBackbone):
 def ResNet18(cfg, input_shape):
     """Registered as "ResNet18": ResNet-18 without max-pool, maps of 256 / 512 channels at strides 8 / 16."""
     check_input_shape(input_shape, "ResNet18")
-    return ResNet18Backbone()
+    return ResNet18Backbone().freeze(cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -64,6 +64,10 @@ class ShuffleNetV2Backbone(TwoMapBackbone):
         s8 = self.stage3(x)
         return s8, self.stage4(s8)
 
+    def stages(self):
+        """The stem (conv1), then stage2..stage4 (torchvision's names, numbered as detectron2's res2..res4)."""
+        return [[self.conv1], [self.stage2], [self.stage3], [self.stage4]]
+
     @staticmethod
     def imagenet_to_ours(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """torchvision's keys are ours; `conv5.*` and the classifier `fc.*` are dropped."""
@@ -79,4 +83,4 @@ class ShuffleNetV2Backbone(TwoMapBackbone):
 def ShuffleNetV2(cfg, input_shape):
     """Registered as "ShuffleNetV2": ShuffleNetV2 1.0x without max-pool, 232 / 464 channels at strides 8 / 16."""
     check_input_shape(input_shape, "ShuffleNetV2")
-    return ShuffleNetV2Backbone()
+    return ShuffleNetV2Backbone().freeze(cfg.MODEL.BACKBONE.FREEZE_AT)

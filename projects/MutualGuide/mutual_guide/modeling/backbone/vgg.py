@@ -34,6 +34,15 @@ class VGG16Backbone(TwoMapBackbone):
         s8 = self.layer1(x)
         return s8, self.layer2(s8)
 
+    def stages(self):
+        """conv1_x (the stem), conv2_x, conv3_x, conv4_x, each with the max-pool after it, and conv5_x."""
+        layers, units = list(self.layer1) + list(self.layer2), [[]]
+        for layer in layers:
+            units[-1].append(layer)
+            if isinstance(layer, nn.MaxPool2d):
+                units.append([])
+        return units
+
     @staticmethod
     def imagenet_to_ours(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """torchvision `features.<i>.*` -> `layer1.<i>.*` (i < 33) or `layer2.<i-33>.*`; the classifier is dropped."""
@@ -59,4 +68,4 @@ class VGG16Backbone(TwoMapBackbone):
 def VGG16(cfg, input_shape):
     """Registered as "VGG16": VGG-16-BN, maps of 512 channels at strides 8 and 16."""
     check_input_shape(input_shape, "VGG16")
-    return VGG16Backbone()
+    return VGG16Backbone().freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
