@@ -19,6 +19,8 @@ CHANGED_ON_PURPOSE = {
     "MODEL.DEVICE": "the snapshot was taken on a machine without CUDA, where add_mutual_guide_config then chose "
     "'cpu'; now detectron2's default 'cuda' applies unless a config sets the key (demo_shapes.yaml: 'cpu'), and "
     "train_net refuses 'cuda' on a machine without CUDA, naming the key",
+    "MODEL.BACKBONE.FREEZE_AT": "our backbones did not read detectron2's key (2) before; now that they do, the paper "
+    "configs set 0 (the paper trains every layer, as before), and the RetinaNet configs keep detectron2's 2",
 }
 MISSING = "<missing>"
 

@@ -16,8 +16,8 @@ BACKBONES = [
 ]
 
 
-def _backbone(cfg_factory, name, freeze_at):
-    cfg = cfg_factory(backbone=name, size=64)
+def _backbone(make_cfg, name, freeze_at):
+    cfg = make_cfg(backbone=name, size=64)
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     cfg.SOLVER.BASE_LR = 0.1
     torch.manual_seed(0)
@@ -34,8 +34,8 @@ def _unit_states(backbone):
 
 @pytest.mark.parametrize("name, units", BACKBONES)
 @pytest.mark.parametrize("freeze_at", [0, 1, 2])
-def test_one_step_changes_only_the_stages_not_frozen(cfg_factory, name, units, freeze_at):
-    cfg, backbone = _backbone(cfg_factory, name, freeze_at)
+def test_one_step_changes_only_the_stages_not_frozen(make_cfg, name, units, freeze_at):
+    cfg, backbone = _backbone(make_cfg, name, freeze_at)
     assert len(backbone.stages()) == units
     optimizer = build_optimizer(cfg, backbone)
     before = _unit_states(backbone)
@@ -58,8 +58,8 @@ def test_one_step_changes_only_the_stages_not_frozen(cfg_factory, name, units, f
 
 
 @pytest.mark.parametrize("name, units", BACKBONES)
-def test_frozen_batchnorm_stays_in_eval_mode_and_out_of_the_optimizer(cfg_factory, name, units):
-    cfg, backbone = _backbone(cfg_factory, name, 2)
+def test_frozen_batchnorm_stays_in_eval_mode_and_out_of_the_optimizer(make_cfg, name, units):
+    cfg, backbone = _backbone(make_cfg, name, 2)
     backbone.eval()
     backbone.train()  # what the trainer does after each evaluation
     norms = [[m for module in unit for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -72,16 +72,16 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_out_of_the_optimizer(cfg_factor
     assert len(optimized) == sum(1 for p in backbone.parameters()) - len(frozen)
 
 
-def test_freeze_at_beyond_the_stages_names_the_range(cfg_factory):
-    cfg = cfg_factory(backbone="ShuffleNetV2", size=64)
+def test_freeze_at_beyond_the_stages_names_the_range(make_cfg):
+    cfg = make_cfg(backbone="ShuffleNetV2", size=64)
     cfg.MODEL.BACKBONE.FREEZE_AT = 5
     with pytest.raises(ValueError, match=r"FREEZE_AT must be 0 \(nothing frozen\) to 4 \(ShuffleNetV2Backbone: "
                                          r"the stem and 3 stages\), got 5"):
         build_backbone(cfg)
 
 
-def test_batchnorm_of_frozen_stages_folds_into_the_same_outputs(cfg_factory):
-    cfg, backbone = _backbone(cfg_factory, "ResNet18", 2)
+def test_batchnorm_of_frozen_stages_folds_into_the_same_outputs(make_cfg):
+    cfg, backbone = _backbone(make_cfg, "ResNet18", 2)
     optimizer = build_optimizer(cfg, backbone)
     backbone.train()
     out = backbone(torch.randn(2, 3, 64, 64))
