@@ -138,6 +138,14 @@ def add_mutual_guide_config(cfg):
     _C.TEST.DRAW_SCORE_THRESH = 0.3
     # Evaluation result that decides OUTPUT_DIR/model_best.pth (higher is better), kept when TEST.EVAL_PERIOD > 0.
     _C.TEST.BEST_METRIC = "bbox/AP50"
+    # Sliced inference (engine/slicing.py) for images much larger than the network's input: in the predictor
+    # (demo.py) and in evaluation (--eval-only and TEST.EVAL_PERIOD), detect on overlapping tiles and merge.
+    _C.TEST.SLICE = CN()
+    _C.TEST.SLICE.ENABLED = False  # detect on tiles (and the whole image) instead of the whole image alone
+    _C.TEST.SLICE.TILE_SIZE = 0  # tile side in the image's pixels; 0: INPUT.SIZE (tiles at the network's scale)
+    _C.TEST.SLICE.OVERLAP = 0.25  # fraction of the tile side shared by neighbours: objects up to it come out whole
+    _C.TEST.SLICE.WHOLE_IMAGE = True  # add the whole image's detections: objects larger than the overlap come from it
+    _C.TEST.SLICE.NMS_THRESH = 0.5  # IoU of the class-wise NMS that merges tiles and the whole-image pass
     # detectron2's key, read by the detector: every this many training iterations, a few of the batch's images with
     # their ground truth and the anchors each task trains on go to TensorBoard (training_samples.py); 0: never.
     _C.VIS_PERIOD = 0

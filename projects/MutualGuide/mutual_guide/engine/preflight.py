@@ -55,6 +55,11 @@ def check_config(cfg, training=True):
                    f"number of processes ({world})")
     if not isinstance(cfg.TEST.EVAL_PERIOD, int) or cfg.TEST.EVAL_PERIOD < 0:
         bad.append(f"TEST.EVAL_PERIOD must be 0 (no evaluation during training) or positive, got {cfg.TEST.EVAL_PERIOD!r}")
+    tile, overlap = cfg.TEST.SLICE.TILE_SIZE, cfg.TEST.SLICE.OVERLAP
+    if not isinstance(tile, int) or tile < 0:
+        bad.append(f"TEST.SLICE.TILE_SIZE must be 0 (INPUT.SIZE) or a positive number of pixels, got {tile!r}")
+    if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        bad.append(f"TEST.SLICE.OVERLAP must be a fraction of the tile side in [0, 1), got {overlap!r}")
     try:
         check_box_convention(cfg.DATASETS.BOX_CONVENTION)
     except ValueError as e:
