@@ -1,33 +1,35 @@
 """Sliced inference (engine/slicing.py): the tile layout, boxes shifted back, objects cut by a tile border, the
 whole-image pass, the predictor on a large image, and --eval-only on tiles."""
+import json
+import uuid
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from detectron2.structures import Boxes, Instances
 
+from mutual_guide.data import register_custom_datasets
 from mutual_guide.data.resize import resize_to_input
 from mutual_guide.engine.predictor import MutualGuidePredictor
+from mutual_guide.engine.trainer import Trainer
 from mutual_guide.engine.slicing import SlicedDetector, axis_starts, drop_boxes_on_inner_borders, tile_layout
 
 
-class PerfectDetector:
+class PerfectDetector(nn.Module):
     """
     Stands for the model: finds the white blobs of its input image (connected components), returns their boxes
     in "height" x "width" pixels as detectron2's detector_postprocess does (scaled, clipped), score 0.9, class 0.
     Keeps the shape of every image it is given.
     """
 
-    training = False
-
     def __init__(self):
+        super().__init__()
         self.shapes = []
 
-    def eval(self):
-        return self
-
-    def __call__(self, batched_inputs):
+    def forward(self, batched_inputs):
         outputs = []
         for inputs in batched_inputs:
             image = inputs["image"]
@@ -135,3 +137,33 @@ def test_the_predictor_slices_a_large_image_and_returns_boxes_in_its_pixels(cfg_
     cfg.TEST.SLICE.ENABLED = False
     whole = MutualGuidePredictor(cfg, model=PerfectDetector())(image)
     assert rounded(whole) != sorted(squares)
+
+
+def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path, cfg_factory):
+    """Trainer.test (train_net.py --eval-only, and TEST.EVAL_PERIOD) on 12 px squares in 900 x 1200 images."""
+    images, annotations = [], []
+    for i in range(2):
+        squares = [(30 + 300 * i, 40, 42 + 300 * i, 52), (600, 450 + 100 * i, 612, 462 + 100 * i), (1180, 880, 1192, 892)]
+        cv2.imwrite(str(tmp_path / f"{i}.png"), canvas(900, 1200, squares))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 900, "width": 1200})
+        annotations += [{"id": len(annotations) + k + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+                        for k, (x0, y0, x1, y1) in enumerate(squares)]
+    with open(tmp_path / "squares.json", "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "square"}]}, f)
+    name = f"squares{uuid.uuid4().hex[:6]}"
+    cfg = cfg_factory(size=64, num_classes=1)
+    cfg.DATASETS.CUSTOM = [f"{name}:coco:json={tmp_path / 'squares.json'};images={tmp_path}"]
+    cfg.DATASETS.TEST = (name,)
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.SLICE.WHOLE_IMAGE = False
+    register_custom_datasets(cfg)
+
+    squashed = Trainer.test(cfg, PerfectDetector())["bbox"]  # one dataset: its results alone
+    cfg.TEST.SLICE.ENABLED = True
+    model = PerfectDetector()
+    on_tiles = Trainer.test(cfg, model)["bbox"]
+    assert set(model.shapes) == {(3, 64, 64)} and len(model.shapes) == 2 * 19 * 25  # 64 px tiles, stride <= 48: 19 rows, 25 columns
+    assert on_tiles["AP"] == pytest.approx(100.0)
+    assert squashed["AP"] < 50.0  # a 12 px square is 1 px at 64 x 64: found, but misplaced by several pixels
