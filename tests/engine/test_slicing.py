@@ -14,6 +14,7 @@ from detectron2.structures import Boxes, Instances
 from mutual_guide.data import register_custom_datasets
 from mutual_guide.data.resize import resize_to_input
 from mutual_guide.engine.predictor import MutualGuidePredictor
+from mutual_guide.engine.preflight import check_config
 from mutual_guide.engine.trainer import Trainer
 from mutual_guide.engine.slicing import SlicedDetector, axis_starts, drop_boxes_on_inner_borders, tile_layout
 
@@ -167,3 +168,18 @@ def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path,
     assert set(model.shapes) == {(3, 64, 64)} and len(model.shapes) == 2 * 19 * 25  # 64 px tiles, stride <= 48: 19 rows, 25 columns
     assert on_tiles["AP"] == pytest.approx(100.0)
     assert squashed["AP"] < 50.0  # a 12 px square is 1 px at 64 x 64: found, but misplaced by several pixels
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("OVERLAP", 1.0, r"TEST.SLICE.OVERLAP must be a fraction of the tile side in \[0, 1\), got 1.0"),
+        ("TILE_SIZE", -64, r"TEST.SLICE.TILE_SIZE must be 0 \(INPUT.SIZE\) or a positive number of pixels, got -64"),
+    ],
+)
+def test_the_config_check_names_a_slice_value_that_cannot_work(cfg_factory, key, value, message):
+    cfg = cfg_factory()
+    check_config(cfg, training=False)  # the defaults pass
+    cfg.TEST.SLICE[key] = value
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg, training=False)
