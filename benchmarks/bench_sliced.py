@@ -164,7 +164,8 @@ def main(argv=None):
         print(f"config {os.path.relpath(args.config_file, ROOT)}, weights {args.weights or '(random)'}, "
               f"INPUT.SIZE {cfg.INPUT.SIZE}, tiles of {tile} px, overlap {args.overlap}, {args.canvases} canvas(es) "
               f"a size, {torch.get_num_threads()} thread(s), device {cfg.MODEL.DEVICE}")
-        header = f"{'canvas':>7} {'mode':<12} {'AP':>6} {'AP50':>6} {'APs':>6} {'tiles/img':>9} {'s/img':>8} {'x whole':>8}"
+        header = (f"{'canvas':>7} {'mode':<12} {'AP':>6} {'AP50':>6} {'APs':>6} {'tiles/img':>9} {'s/img':>8} "
+                  f"{'x whole':>8}")
         print(header)
         print("-" * len(header))
         for side, spec in specs.items():

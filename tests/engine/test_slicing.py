@@ -144,7 +144,8 @@ def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path,
     """Trainer.test (train_net.py --eval-only, and TEST.EVAL_PERIOD) on 12 px squares in 900 x 1200 images."""
     images, annotations = [], []
     for i in range(2):
-        squares = [(30 + 300 * i, 40, 42 + 300 * i, 52), (600, 450 + 100 * i, 612, 462 + 100 * i), (1180, 880, 1192, 892)]
+        squares = [(30 + 300 * i, 40, 42 + 300 * i, 52), (600, 450 + 100 * i, 612, 462 + 100 * i),
+                   (1180, 880, 1192, 892)]
         cv2.imwrite(str(tmp_path / f"{i}.png"), canvas(900, 1200, squares))
         images.append({"id": i + 1, "file_name": f"{i}.png", "height": 900, "width": 1200})
         annotations += [{"id": len(annotations) + k + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
@@ -165,7 +166,8 @@ def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path,
     cfg.TEST.SLICE.ENABLED = True
     model = PerfectDetector()
     on_tiles = Trainer.test(cfg, model)["bbox"]
-    assert set(model.shapes) == {(3, 64, 64)} and len(model.shapes) == 2 * 19 * 25  # 64 px tiles, stride <= 48: 19 rows, 25 columns
+    # 64 px tiles, stride at most 48: 19 rows and 25 columns in each image
+    assert set(model.shapes) == {(3, 64, 64)} and len(model.shapes) == 2 * 19 * 25
     assert on_tiles["AP"] == pytest.approx(100.0)
     assert squashed["AP"] < 50.0  # a 12 px square is 1 px at 64 x 64: found, but misplaced by several pixels
 

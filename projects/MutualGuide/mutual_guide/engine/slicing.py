@@ -22,7 +22,6 @@ The merge, and why:
 `SlicedDetector` wraps a model for the predictor (demo.py) and for evaluation (Trainer.test with
 TEST.SLICE.ENABLED, whose test loader then reads images at full resolution).
 """
-import logging
 import math
 
 import numpy as np
@@ -32,9 +31,8 @@ from torch import nn
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["BORDER_MARGIN", "SlicedDetector", "drop_boxes_on_inner_borders", "merge_detections", "tile_layout"]
+__all__ = ["BORDER_MARGIN", "SlicedDetector", "axis_starts", "drop_boxes_on_inner_borders", "merge_detections", "tile_layout"]
 
-logger = logging.getLogger(__name__)
 
 # Pixels (of the image) from an inner tile border within which a tile's box counts as touching it: boxes of cut
 # objects end on the border exactly once clipped, a pixel or two of slack covers the rounding of the resize back.
