@@ -13,6 +13,10 @@ relative to the inputs' common folder under --output. A video's drawing is writt
 or the config's first DATASETS.TEST (any registered or DATASETS.CUSTOM dataset). --json saves every
 prediction drawn (file, frame for videos, box XYXY in the original image's pixels, score, class id and name).
 
+Each image goes through the test-time transform of the config's dataset mapper (MutualGuidePredictor): squashed
+to INPUT.SIZE for the Mutual Guidance configs, shortest edge to INPUT.MIN_SIZE_TEST for the RetinaNet ones. Large
+images with small objects: --opts TEST.SLICE.ENABLED True detects on overlapping tiles (docs/deployment.md).
+
 Drawings are at least 512 pixels wide and at most 2048 on their longest side (mutual_guide/utils/drawing.py).
 Grayscale and palette images are converted to colour, an alpha channel is dropped. An image over
 --max-megapixels (default 150; a 12000 x 12000 photo is 144 megapixels, 0.4 GB decoded, and took the demo
@@ -102,8 +106,8 @@ def read_image(path, max_megapixels):
         raise ValueError(
             f"{width} x {height} pixels ({width * height / 1e6:.0f} megapixels) is over --max-megapixels "
             f"{max_megapixels:g}: decoded, it alone would take {width * height * 3 / 2 ** 30:.1f} GiB. Resize it, or "
-            f"give a larger --max-megapixels (the network sees it at INPUT.SIZE and it is drawn at most "
-            f"{MAX_DRAWING_SIDE} pixels on its longest side)"
+            f"give a larger --max-megapixels (the network sees it at its test size, or in tiles with "
+            f"TEST.SLICE.ENABLED, and it is drawn at most {MAX_DRAWING_SIDE} pixels on its longest side)"
         )
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:

@@ -114,4 +114,12 @@ def add_mutual_guide_config(cfg):
     _C.TEST.BEST_METRIC = "bbox/AP50"
     # Stop training when TEST.BEST_METRIC has not improved for this many evaluations in a row; 0: never.
     _C.TEST.EARLY_STOP_PATIENCE = 0
+    # Sliced inference (engine/slicing.py) for images much larger than the network's input: in the predictor
+    # (demo.py) and in evaluation (--eval-only and TEST.EVAL_PERIOD), detect on overlapping tiles and merge.
+    _C.TEST.SLICE = CN()
+    _C.TEST.SLICE.ENABLED = False  # detect on tiles (and the whole image) instead of the whole image alone
+    _C.TEST.SLICE.TILE_SIZE = 0  # tile side in the image's pixels; 0: INPUT.SIZE (tiles at the network's scale)
+    _C.TEST.SLICE.OVERLAP = 0.25  # fraction of the tile side shared by neighbours: objects up to it come out whole
+    _C.TEST.SLICE.WHOLE_IMAGE = True  # add the whole image's detections: objects larger than the overlap come from it
+    _C.TEST.SLICE.NMS_THRESH = 0.5  # IoU of the class-wise NMS that merges tiles and the whole-image pass
     return cfg

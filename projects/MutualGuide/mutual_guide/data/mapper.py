@@ -26,6 +26,7 @@ __all__ = [
     "MutualGuideDatasetMapper",
     "annotations_to_boxes",
     "build_dataset_mapper",
+    "build_test_transform",
     "read_image_checked",
 ]
 
@@ -188,3 +189,40 @@ def build_dataset_mapper(cfg, is_train):
             f"{', '.join(sorted(n for n, _ in DATASET_MAPPER_REGISTRY))}"
         )
     return DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train=is_train)
+
+
+def build_test_transform(cfg):
+    """
+    The image transform of the config's test-time mapper (INPUT.DATASET_MAPPER, built with is_train=False), for
+    images that come from memory rather than from a dataset's files (the predictor, the tiles of sliced inference):
+    a callable H x W x C uint8 array -> the array the model takes. MutualGuideDatasetMapper: the resize to
+    INPUT.SIZE x INPUT.SIZE (the pixels of `resize.resize_to_input`); detectron2's DatasetMapper:
+    ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST). A mapper of your own needs an `augmentations`
+    attribute (a list of Augmentations or an AugmentationList), as both of these have.
+    """
+    mapper = build_dataset_mapper(cfg, is_train=False)
+    augmentations = getattr(mapper, "augmentations", None)
+    if augmentations is None:
+        raise TypeError(
+            f"INPUT.DATASET_MAPPER {cfg.INPUT.DATASET_MAPPER!r} has no `augmentations` attribute: the predictor "
+            f"cannot apply its test-time transform to an image in memory. Give the mapper its test-time "
+            f"augmentations as `self.augmentations`, as detectron2's DatasetMapper does"
+        )
+    if not isinstance(augmentations, T.AugmentationList):
+        augmentations = T.AugmentationList(augmentations)
+    return MapperImageTransform(augmentations)
+
+
+class MapperImageTransform:
+    """H x W x C image -> the test-time mapper's image, through its augmentations (`build_test_transform`)."""
+
+    def __init__(self, augmentations):
+        self.augmentations = augmentations
+
+    def __call__(self, image):
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        return aug_input.image
+
+    def __repr__(self):
+        return f"MapperImageTransform({self.augmentations})"

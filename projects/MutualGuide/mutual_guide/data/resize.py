@@ -2,9 +2,9 @@
 The one resize to the network's input: S x S, aspect ratio not kept, OpenCV's bilinear kernel
 (cv2.INTER_LINEAR), as the paper's test transform (`BaseTransform` in data/data_augment.py at fd2c4cc).
 
-Every deterministic resize goes through `resize_to_input`: the test-time mapper (evaluation, browse_dataset),
-the training mapper without INPUT.MG_AUGMENT, the predictor (demo.py), tools/export_model.py's verification
-images. The model does not resize: it refuses an image that is not S x S. The training augmentation keeps its
+Every deterministic resize gives the pixels of `resize_to_input`: the test-time mapper (evaluation,
+browse_dataset), the training mapper without INPUT.MG_AUGMENT, the predictor (demo.py, through the test-time
+mapper's augmentation `augmentation.plain_resize`), tools/export_model.py's verification images. The model does not resize: it refuses an image that is not S x S. The training augmentation keeps its
 random interpolation on purpose (the authors' `preproc_for_test` picks one of five per image): it calls
 `resize_image` with the interpolation it drew.
 """

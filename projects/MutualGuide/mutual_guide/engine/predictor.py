@@ -1,22 +1,26 @@
 """Run a trained detector on single images, with the same preprocessing as evaluation."""
+import numpy as np
 import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
-from mutual_guide.data.resize import resize_to_input
+from mutual_guide.data.mapper import build_test_transform
+from mutual_guide.engine.slicing import SlicedDetector
 
 __all__ = ["MutualGuidePredictor"]
 
 
 class MutualGuidePredictor:
     """
-    Like detectron2's DefaultPredictor, with the paper's test transform: the BGR image is resized to
-    INPUT.SIZE x INPUT.SIZE by `resize_to_input`, as in evaluation, and boxes come back in the original image's
-    pixels.
-    detectron2's DefaultPredictor would resize the shortest edge to INPUT.MIN_SIZE_TEST first, which is
-    slower here and changes the interpolation, so the outputs would differ from evaluation.
+    Like detectron2's DefaultPredictor, for every meta-architecture of this project: the BGR image goes through
+    the test-time transform of the config's dataset mapper (INPUT.DATASET_MAPPER, `build_test_transform`), the one
+    evaluation applies: MutualGuideDatasetMapper resizes to INPUT.SIZE x INPUT.SIZE (the paper's test transform,
+    for MutualGuideDetector), detectron2's DatasetMapper resizes the shortest edge to INPUT.MIN_SIZE_TEST (for
+    MutualGuideRetinaNet). Boxes come back in the original image's pixels.
+    With TEST.SLICE.ENABLED, large images are detected on overlapping tiles (engine/slicing.py), with a progress
+    bar from 16 tiles.
     """
 
     def __init__(self, cfg, model=None):
@@ -27,7 +31,13 @@ class MutualGuidePredictor:
             if cfg.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE:
                 model.fuse_for_inference()
         self.model = model.eval()
-        self.size = cfg.INPUT.SIZE
+        self.transform = build_test_transform(self.cfg)
+        self.input_format = cfg.INPUT.FORMAT
+        self.sliced = (
+            SlicedDetector.from_config(self.cfg, self.model, self.transform, progress=True)
+            if cfg.TEST.SLICE.ENABLED
+            else None
+        )
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
 
     @torch.no_grad()
@@ -41,6 +51,9 @@ class MutualGuidePredictor:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             raise ValueError(f"Expected an H x W x 3 BGR image, got an array of shape {image_bgr.shape}")
         height, width = image_bgr.shape[:2]
-        resized = resize_to_input(image_bgr, self.size)
-        tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy())
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        if self.sliced is not None:
+            return self.sliced.detect(np.ascontiguousarray(image))
+        resized = self.transform(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]

@@ -68,6 +68,11 @@ def check_config(cfg, training=True):
     elif training and patience > 0 and not (cfg.TEST.EVAL_PERIOD > 0 and len(cfg.DATASETS.TEST)):
         bad.append(f"TEST.EARLY_STOP_PATIENCE {patience} counts evaluations during training: it needs "
                    "TEST.EVAL_PERIOD > 0 and DATASETS.TEST")
+    tile, overlap = cfg.TEST.SLICE.TILE_SIZE, cfg.TEST.SLICE.OVERLAP
+    if not isinstance(tile, int) or tile < 0:
+        bad.append(f"TEST.SLICE.TILE_SIZE must be 0 (INPUT.SIZE) or a positive number of pixels, got {tile!r}")
+    if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        bad.append(f"TEST.SLICE.OVERLAP must be a fraction of the tile side in [0, 1), got {overlap!r}")
     try:
         check_box_convention(cfg.DATASETS.BOX_CONVENTION)
     except ValueError as e:

@@ -6,17 +6,18 @@ import weakref
 import torch
 
 import detectron2.utils.comm as comm
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 
 from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
-from mutual_guide.data import build_dataset_mapper
+from mutual_guide.data import build_dataset_mapper, build_test_transform
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine.devices import check_amp_supported, convert_sync_batchnorm
 from mutual_guide.engine.hooks import BestModelCheckpointer, EarlyStopping, StopTraining
 from mutual_guide.engine.preflight import check_num_classes
+from mutual_guide.engine.slicing import SlicedDetector
 from mutual_guide.evaluation import build_dataset_evaluator
 from mutual_guide.modeling.backbone import load_pretrained_backbone
 from mutual_guide.solver import build_lr_scheduler
@@ -157,11 +158,27 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation; with TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py)."""
+        if cfg.TEST.SLICE.ENABLED:
+            model = SlicedDetector.from_config(cfg, model, build_test_transform(cfg))
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """
+        The checked records of `dataset_name` through the test-time mapper; with TEST.SLICE.ENABLED, read at full
+        resolution (detectron2's DatasetMapper without augmentations): the tiles are resized by
+        SlicedDetector, which `test` then wraps the model in.
+        """
         dataset = test_dataset_dicts(cfg, dataset_name)
+        if cfg.TEST.SLICE.ENABLED:
+            mapper = DatasetMapper(is_train=False, augmentations=[], image_format=cfg.INPUT.FORMAT)
+        else:
+            mapper = build_dataset_mapper(cfg, is_train=False)
         loader = build_detection_test_loader(
             dataset,
-            mapper=build_dataset_mapper(cfg, is_train=False),
+            mapper=mapper,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
             batch_size=cfg.TEST.IMS_PER_BATCH,
         )
