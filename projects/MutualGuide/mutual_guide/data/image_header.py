@@ -31,17 +31,37 @@ def _read_header(f):
     try:
         with Image.open(f) as image:
             width, height = image.size
-            try:
-                orientation = image.getexif().get(_EXIF_ORIENTATION)
-            except Exception:  # a damaged EXIF block: detectron2's read_image ignores it too
-                orientation = None
-            tile = image.tile[0] if image.tile else None
+            tile = image.tile[0] if image.tile else None  # before getexif, which may load the image
             rawmode = str(tile.args if hasattr(tile, "args") else tile[3]) if tile else ""
             mode, info = image.mode, dict(image.info)
+            orientation = None
+            # PIL's PNG getexif decodes the whole image to look for an eXIf chunk after the pixels: only when
+            # the file has one.
+            if image.format != "PNG" or "exif" in image.info or _png_has_exif(f):
+                try:
+                    orientation = image.getexif().get(_EXIF_ORIENTATION)
+                except Exception:  # a damaged EXIF block: detectron2's read_image ignores it too
+                    orientation = None
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError...
         raise OSError(f"cannot read the image ({type(e).__name__}: {e})") from e
     size = (height, width) if orientation in _TRANSPOSED else (width, height)
     return size, orientation, mode, rawmode, info
+
+
+def _png_has_exif(f):
+    """Whether an open PNG file has an eXIf chunk, from its chunk headers (a seek over each chunk's data)."""
+    position = f.tell()
+    try:
+        f.seek(8)
+        while True:
+            header = f.read(8)
+            if len(header) < 8 or header[4:] == b"IEND":
+                return False
+            if header[4:] == b"eXIf":
+                return True
+            f.seek(int.from_bytes(header[:4], "big") + 4, os.SEEK_CUR)  # the data and the CRC
+    finally:
+        f.seek(position)
 
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
