@@ -71,8 +71,9 @@ def test_voc_classes_in_another_order_stop_the_run(tmp_path, shapes_folder):
 def test_coco_categories_in_another_order_stop_the_run(tmp_path, shapes_folder):
     train, _ = _coco(shapes_folder, tmp_path, {1: "circle", 2: "square"})
     test, test_json = _coco(shapes_folder, tmp_path, {1: "square", 2: "circle"})
-    with pytest.raises(DatasetError, match=rf"(?s)'{train}' and '{test}' list the same classes in another order.*"
-                                           rf"DATASETS.TEST '{test}' \({test_json}\): 2 classes \['square', 'circle'\]"):
+    expected = (rf"(?s)'{train}' and '{test}' list the same classes in another order.*"
+                rf"DATASETS.TEST '{test}' \({test_json}\): 2 classes \['square', 'circle'\]")
+    with pytest.raises(DatasetError, match=expected):
         check_datasets(_cfg(tmp_path, [train], [test]), [train, test])
     # the same names under other ids, in the same order, are the same classes
     same, _ = _coco(shapes_folder, tmp_path, {7: "circle", 9: "square"})
