@@ -21,7 +21,8 @@ from detectron2.config import get_cfg
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
 from mutual_guide.data.check import check_dataset
-from mutual_guide.data.image_header import inspect_image, read_image_size
+from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.image_io import inspect_image
 
 
 def main():

@@ -12,8 +12,8 @@ from PIL import Image
 from detectron2.data import detection_utils
 
 import demo
-from mutual_guide.data.image_header import inspect_image, read_image_size
-from mutual_guide.data.image_io import read_image
+from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.image_io import inspect_image, read_image
 from mutual_guide.data.mapper import MutualGuideDatasetMapper, read_image_checked
 
 EXIF_ORIENTATION = 274
@@ -104,3 +104,6 @@ def test_a_floating_point_image_is_refused_naming_the_file(tmp_path):
         read_image(path)
     with pytest.raises(OSError, match=r"Cannot read image file .*depth\.tif: ValueError: .*floating-point"):
         read_image_checked(path, "BGR")
+    # the check knows it from the header, without decoding
+    with pytest.raises(OSError, match=r"floating-point image \(PIL mode 'F'\): the decoder refuses it"):
+        inspect_image(path)

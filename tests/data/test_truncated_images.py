@@ -15,7 +15,7 @@ from detectron2.config import get_cfg
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.data.check import check_dataset, checked_records
 from mutual_guide.data.custom import register_custom_dataset
-from mutual_guide.data.image_header import inspect_image
+from mutual_guide.data.image_io import inspect_image
 from mutual_guide.data.loading import check_datasets
 from mutual_guide.data.mapper import read_image_checked
 from mutual_guide.data.problems import DatasetError

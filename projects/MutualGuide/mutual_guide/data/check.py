@@ -19,7 +19,7 @@ import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from mutual_guide.data.image_header import inspect_image
+from mutual_guide.data.image_io import inspect_image
 from mutual_guide.data.problems import DatasetError, Problem, box_problem, format_problems
 
 __all__ = [

@@ -1,12 +1,12 @@
 """
-The size of an image file as training will see it, from its header only; and, for the dataset check, whether
-the file is complete (`inspect_image`).
+The size of an image file as training will see it, from its header only; and whether a JPEG or PNG file ends
+with its end marker (image_io.inspect_image, the dataset check's look at an image, uses both).
 """
 import os
 
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "inspect_image", "read_image_size"]
+__all__ = ["IMAGE_EXTENSIONS", "REFUSED_MODES", "ends_with_marker", "read_header", "read_image_size"]
 
 # Extensions looked for when an annotation does not name its image file, in order of preference.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG", ".JPEG", ".PNG")
@@ -23,10 +23,10 @@ def read_image_size(path):
     Raises FileNotFoundError, or OSError naming the file when PIL cannot identify it.
     """
     with open(path, "rb") as f:
-        return _read_header(f)[0]
+        return read_header(f)[0]
 
 
-def _read_header(f):
+def read_header(f):
     """((width, height) after the EXIF rotation, EXIF orientation, PIL mode, raw mode, info) of an open file."""
     try:
         with Image.open(f) as image:
@@ -66,43 +66,12 @@ def _png_has_exif(f):
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # IEND: its type and CRC, the file's last 8 bytes
+# PIL modes image_io.read_image refuses (32-bit integer, floating point): no scaling to 8 bits is right for all
+REFUSED_MODES = ("F", "I;32", "I;32L", "I;32B")
 _TAIL = 4096  # bytes read at a time from a file's end to find its end marker
 
 
-def inspect_image(path, full_decode=False):
-    """
-    What the dataset check needs of one image file: ((width, height) as read_image_size gives it, notes), notes
-    being what the decoder (image_io.read_image) changes: 16-bit samples, an alpha channel, an EXIF rotation.
-
-    Raises FileNotFoundError, or OSError naming the problem when the file cannot be decoded. Only the header
-    and the file's last bytes are read: a JPEG must end with its end-of-image marker (FF D9, trailing zero bytes
-    allowed), a PNG with its IEND chunk. A file without its marker is decoded once before it is called truncated,
-    so that a complete file with data appended (some cameras do) is not refused. Other formats are checked for
-    truncation only with `full_decode` (DATALOADER.CHECK_FULL_DECODE), which decodes every image.
-    """
-    with open(path, "rb") as f:
-        size, orientation, mode, rawmode, info = _read_header(f)
-        complete = _ends_with_marker(f)
-    notes = []
-    if mode.startswith("I;16") or mode == "I" or ";16" in rawmode:
-        notes.append("16-bit samples: scaled to 8 bits (the high byte, as OpenCV's IMREAD_COLOR does)")
-    if mode in ("RGBA", "LA", "PA") or "transparency" in info:
-        notes.append(f"alpha channel ({mode}): dropped, not composited (as OpenCV's IMREAD_COLOR does)")
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        notes.append(f"EXIF orientation {orientation}: the image is rotated as the tag says before use; its "
-                     f"annotation must give the rotated size, {size[0]} x {size[1]} (width x height)")
-    if full_decode or not complete:
-        from mutual_guide.data.image_io import read_image  # a decode: only when asked or the end is missing
-
-        try:
-            read_image(path)
-        except Exception as e:  # PIL raises OSError, SyntaxError, struct.error... on damaged data
-            reason = "truncated: " if not complete else ""
-            raise OSError(f"{reason}cannot decode the image ({type(e).__name__}: {e})") from e
-    return size, notes
-
-
-def _ends_with_marker(f):
+def ends_with_marker(f):
     """Whether an open JPEG or PNG file ends with its end marker; True for other formats (not checked here)."""
     f.seek(0)
     start = f.read(8)
