@@ -43,6 +43,7 @@ from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import register_custom_datasets
 from mutual_guide.data.coco_reader import read_coco_dataset
 from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.image_io import read_image as decode_image
 from mutual_guide.engine.predictor import MutualGuidePredictor
 from mutual_guide.engine.preflight import check_config, check_num_classes
 from mutual_guide.utils.atomic_io import AtomicFile, refuse_to_replace, write_image
@@ -90,29 +91,35 @@ def output_paths(paths, output_dir):
 
 
 def read_image(path, max_megapixels):
-    """The image as BGR uint8 (cv2.IMREAD_COLOR: gray to colour, alpha dropped), its size checked from the header."""
+    """
+    The image as BGR uint8, decoded as training decodes it (mutual_guide/data/image_io.py: EXIF rotation, gray to
+    colour, alpha dropped, 16 bits to 8), its size checked from the header first.
+    """
     hint = " (a video? use --video-input)" if os.path.splitext(path)[1].lower() in VIDEO_CODECS else ""
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # PIL's own "decompression bomb" refusal: --max-megapixels decides here
     try:
-        width, height = read_image_size(path)
-    except OSError as e:
-        if hint:
-            raise OSError(f"{e}{hint}") from e
-        raise
+        try:
+            width, height = read_image_size(path)
+        except OSError as e:
+            if hint:
+                raise OSError(f"{e}{hint}") from e
+            raise
+        if width * height > max_megapixels * 1e6:
+            raise ValueError(
+                f"{width} x {height} pixels ({width * height / 1e6:.0f} megapixels) is over --max-megapixels "
+                f"{max_megapixels:g}: decoded, it alone would take {width * height * 3 / 2 ** 30:.1f} GiB. Resize it, "
+                f"or give a larger --max-megapixels (the network sees it at its test size, or in tiles with "
+                f"TEST.SLICE.ENABLED, and it is drawn at most {MAX_DRAWING_SIDE} pixels on its longest side)"
+            )
+        try:
+            return decode_image(path, format="BGR")
+        except ValueError:  # a pixel format the decoder refuses: its message says which
+            raise
+        except Exception as e:
+            raise OSError(f"cannot read the image (damaged or not an image: {type(e).__name__}: {e}){hint}") from e
     finally:
         Image.MAX_IMAGE_PIXELS = limit
-    if width * height > max_megapixels * 1e6:
-        raise ValueError(
-            f"{width} x {height} pixels ({width * height / 1e6:.0f} megapixels) is over --max-megapixels "
-            f"{max_megapixels:g}: decoded, it alone would take {width * height * 3 / 2 ** 30:.1f} GiB. Resize it, or "
-            f"give a larger --max-megapixels (the network sees it at its test size, or in tiles with "
-            f"TEST.SLICE.ENABLED, and it is drawn at most {MAX_DRAWING_SIDE} pixels on its longest side)"
-        )
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f"cannot read the image (missing, not an image, or damaged){hint}")
-    return image
 
 
 def video_output(output, source_name):

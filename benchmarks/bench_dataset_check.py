@@ -1,7 +1,9 @@
 """
-How long the dataset check (mutual_guide/data/check.py: every annotation parsed, every image header read) takes,
-on generated VOC and COCO datasets, timed side by side with decoding the same images (what the check avoids).
-Prints the seconds per 10,000 images and how many times cheaper than decoding the check is.
+How long the dataset check (mutual_guide/data/check.py: every annotation parsed, every image header and end read)
+takes, on generated VOC and COCO datasets, timed side by side with decoding the same images (what the check avoids)
+and with the check of DATALOADER.CHECK_FULL_DECODE True. Prints the seconds per 10,000 images, how many times
+cheaper than decoding the check is, and what reading each file's end (the truncation check) adds to reading its
+header alone.
 
     .venv/bin/python benchmarks/bench_dataset_check.py [--images 10000] [--size 128] [--keep DIR]
 """
@@ -19,6 +21,8 @@ from detectron2.config import get_cfg
 from mutual_guide import add_mutual_guide_config
 from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
 from mutual_guide.data.check import check_dataset
+from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.image_io import inspect_image
 
 
 def main():
@@ -50,6 +54,24 @@ def main():
             per_10k = check * 10000 / len(report.records)
             print(f"[{fmt}] check: {check:.2f} s for {len(report.records)} images ({per_10k:.1f} s per 10,000); "
                   f"decoding them: {decode:.2f} s; the check is {decode / check:.1f}x cheaper")
+
+            files = [record["file_name"] for record in report.records]
+            started = time.perf_counter()
+            for path in files:
+                read_image_size(path)
+            header = time.perf_counter() - started
+            started = time.perf_counter()
+            for path in files:
+                inspect_image(path)
+            header_and_end = time.perf_counter() - started
+            started = time.perf_counter()
+            full = check_dataset(name, progress=False, full_decode=True)
+            full_check = time.perf_counter() - started
+            assert not full.problems, full.text(5)
+            scale = 10000 / len(files)
+            print(f"[{fmt}] per 10,000 images: header only {header * scale:.2f} s, header and end (the truncation "
+                  f"check) {header_and_end * scale:.2f} s ({header_and_end / header:.2f}x); the check with "
+                  f"DATALOADER.CHECK_FULL_DECODE {full_check * scale:.1f} s ({full_check / check:.1f}x the check)")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

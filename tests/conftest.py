@@ -414,3 +414,52 @@ def drawn(monkeypatch):
     monkeypatch.setattr(Visualizer, "overlay_instances", spy_overlay)
     monkeypatch.setattr(Visualizer, "draw_text", spy_text)
     return calls
+
+
+# ----------------------------------------------------------------------------- a dataset with every data fault
+@pytest.fixture
+def nasty_dataset(tmp_path, write_voc, voc_object):
+    """
+    One VOC folder (split "train", classes circle,square,triangle) and one COCO json over the same images (its
+    categories square, circle, triangle: the training classes in another order), holding together:
+    `truncated` (a JPEG cut in half), `sixteen_bit` (a 16-bit PNG), `alpha` (an RGBA PNG), `rotated` (a JPEG
+    stored 64 x 48 with EXIF orientation 6, annotated with its stored size, not the 48 x 64 training sees) and
+    the class triangle, declared and never drawn. Returns {"voc_root", "voc_classes", "json_file",
+    "image_root", "files": {fault: image path}}.
+    """
+    import json
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    objects = [voc_object("circle", (3, 3, 20, 20)), voc_object("square", (30, 20, 50, 40))]
+    ids = ["good", "truncated", "sixteen_bit", "alpha", "rotated"]
+    root = write_voc(tmp_path / "nasty_voc", {i: objects for i in ids}, size=(64, 48))
+    images = os.path.join(root, "JPEGImages")
+    files = {i: os.path.join(images, i + ".jpg") for i in ids}
+    with open(files["truncated"], "rb") as f:
+        data = f.read()
+    with open(files["truncated"], "wb") as f:
+        f.write(data[: len(data) // 2])
+    rng = np.random.RandomState(1)
+    for fault, array in (("sixteen_bit", rng.randint(0, 65535, (48, 64, 3)).astype(np.uint16)),
+                         ("alpha", rng.randint(0, 255, (48, 64, 4)).astype(np.uint8))):
+        os.remove(files[fault])
+        files[fault] = os.path.join(images, fault + ".png")
+        cv2.imwrite(files[fault], array)
+    exif = Image.Exif()
+    exif[274] = 6  # rotate 90 degrees clockwise to display: 48 wide, 64 high
+    Image.fromarray(rng.randint(0, 255, (48, 64, 3)).astype(np.uint8)).save(files["rotated"], exif=exif)
+
+    categories = [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "triangle"}]
+    coco = {"images": [], "annotations": [], "categories": categories}
+    for k, i in enumerate(ids):
+        coco["images"].append({"id": k, "file_name": os.path.basename(files[i]), "width": 64, "height": 48})
+        coco["annotations"] += [{"id": 2 * k, "image_id": k, "category_id": 2, "bbox": [2, 2, 18, 18]},
+                                {"id": 2 * k + 1, "image_id": k, "category_id": 1, "bbox": [29, 19, 21, 21]}]
+    json_file = os.path.join(str(tmp_path), "nasty_coco.json")
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    return {"voc_root": root, "voc_classes": "circle,square,triangle", "json_file": json_file,
+            "image_root": images, "files": files}

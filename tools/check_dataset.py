@@ -25,6 +25,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from mutual_guide import add_mutual_guide_config  # noqa: E402
 from mutual_guide.data import check_dataset_paths, register_custom_datasets  # noqa: E402
 from mutual_guide.data.check import check_dataset  # noqa: E402
+from mutual_guide.data.loading import check_class_lists  # noqa: E402
+from mutual_guide.data.problems import DatasetError  # noqa: E402
 
 
 def main(argv=None):
@@ -48,7 +50,7 @@ def main(argv=None):
     failed = []
     for name in names:
         started = time.perf_counter()
-        report = check_dataset(name, progress=not args.no_progress)
+        report = check_dataset(name, progress=not args.no_progress, full_decode=cfg.DATALOADER.CHECK_FULL_DECODE)
         seconds = time.perf_counter() - started
         print(report.text(limit=None))
         print(f"[check_dataset] {name}: checked in {seconds:.1f} s")
@@ -61,6 +63,12 @@ def main(argv=None):
                       f"would be left out and {len(report.records)} used")
     print(f"[check_dataset] {len(names) - len(failed)} of {len(names)} dataset(s) without errors"
           + (f"; errors in: {', '.join(failed)}" if failed else ""))
+    try:  # the model's class k must be the k-th class of every dataset
+        roles = {n: "DATASETS.TRAIN" if n in cfg.DATASETS.TRAIN else "DATASETS.TEST" for n in names}
+        check_class_lists([n for n in names if n not in failed], roles)
+    except DatasetError as e:
+        print(f"[check_dataset] {e}")
+        return 1
     return 1 if failed else 0
 
 

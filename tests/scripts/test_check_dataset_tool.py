@@ -24,7 +24,8 @@ def test_check_dataset_tool_lists_every_problem(tmp_path, capsys, write_voc, voc
             "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()"]
     assert tool.main(argv) == 1
     out = capsys.readouterr().out
-    assert f"Dataset '{name}': 2 usable image(s), 2 image(s) in error, 2 error(s), 1 warning(s)" in out
+    assert f"Dataset '{name}': 2 usable image(s), 2 image(s) in error, 2 error(s), 2 warning(s)" in out
+    assert f"class 'triangle' (class 2) has no object in dataset '{name}'" in out  # declared, never drawn
     assert "Annotations/reversed.xml: object 0 ('circle'): box reversed: xmin 30 > xmax 10" in out
     assert "Annotations/unlisted.xml: object 0 ('hexagon'): class 'hexagon' is not in classes=" in out
     assert ("warning: " in out and "Annotations/outside.xml: object 0 ('circle'): box (39, 29, 70, 50) reaches "

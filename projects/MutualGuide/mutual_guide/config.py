@@ -86,6 +86,9 @@ def add_mutual_guide_config(cfg):
     # ---------------------------------------------------------------- data loading
     # Page-locked training batches (faster host-to-GPU copies); used only when MODEL.DEVICE is a CUDA device.
     _C.DATALOADER.PIN_MEMORY = True
+    # The dataset check decodes every image (catching damage anywhere in a file) instead of reading its header
+    # and end (which catches truncated JPEG/PNG): about as slow as one pass over the data.
+    _C.DATALOADER.CHECK_FULL_DECODE = False
 
     # ---------------------------------------------------------------- datasets
     # Datasets declared without code. Each entry is a string "name:format:key=value;key=value":

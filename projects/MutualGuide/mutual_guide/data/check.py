@@ -1,6 +1,8 @@
 """
-The dataset check: every annotation file parsed and every image header read once, before the first iteration
-(train_net.py) or by hand (tools/check_dataset.py). Each problem names its file (see problems.py).
+The dataset check: every annotation file parsed and every image header and end read once, before the first
+iteration (train_net.py) or by hand (tools/check_dataset.py). Each problem names its file (see problems.py).
+Besides the files' own problems it warns of a declared class without any object, of far fewer objects than
+images, and of what the decoder changes in an image (16 bits, alpha, EXIF rotation).
 
 Datasets registered by this project (builtin, DATASETS.CUSTOM) are read by our VOC and COCO readers, which
 report problems in the files' own terms; datasets registered otherwise (detectron2's register_* functions,
@@ -17,10 +19,17 @@ import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from mutual_guide.data.image_header import read_image_size
+from mutual_guide.data.image_io import inspect_image
 from mutual_guide.data.problems import DatasetError, Problem, box_problem, format_problems
 
-__all__ = ["DatasetReport", "check_dataset", "checked_records", "read_by_our_readers", "register_checked_dataset"]
+__all__ = [
+    "DatasetReport",
+    "check_dataset",
+    "checked_records",
+    "dataset_source",
+    "read_by_our_readers",
+    "register_checked_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +37,8 @@ logger = logging.getLogger(__name__)
 _READERS = {}
 # name -> DatasetReport of this process's last check (a run checks each dataset once)
 _CHECKED = {}
+# Fewer objects than this per image is worth a warning: a detector trained on that learns mostly background.
+SPARSE_OBJECTS_PER_IMAGE = 0.1
 _HOW_TO_SKIP = (
     "Fix the files, or set DATALOADER.SKIP_BAD_IMAGES True to leave the images in error out "
     "(tools/check_dataset.py --config-file ... lists every problem)."
@@ -69,6 +80,8 @@ class DatasetReport:
         bad = set(self.bad_images)
         self.records = [r for r in records if r["file_name"] not in bad]
         self.logged = False
+        # objects training would see (crowd regions excluded) in the usable records
+        self.num_objects = sum(1 for r in self.records for a in r.get("annotations", []) if not a.get("iscrowd", 0))
 
     @property
     def errors(self):
@@ -92,8 +105,21 @@ class DatasetReport:
         return self.summary() + ("\n" + format_problems(self.problems, limit) if self.problems else "")
 
 
-def check_dataset(name, progress=True):
-    """Read `name`'s annotations and every image header; returns its DatasetReport (kept for this process)."""
+def dataset_source(name):
+    """The file or folder a dataset is read from, to name in messages (its name when unknown)."""
+    meta = MetadataCatalog.get(name)
+    if meta.get("json_file", None):
+        return meta.json_file
+    if meta.get("dirname", None) and meta.get("split", None):
+        return os.path.join(meta.dirname, "ImageSets", "Main", meta.split + ".txt")
+    return name
+
+
+def check_dataset(name, progress=True, full_decode=False):
+    """
+    Read `name`'s annotations and every image header (with `full_decode`, every image); returns its
+    DatasetReport (kept for this process).
+    """
     if name in _READERS:
         records, problems = _READERS[name]()
     else:
@@ -101,21 +127,23 @@ def check_dataset(name, progress=True):
         problems = _record_problems(records, MetadataCatalog.get(name).get("thing_classes", None))
     problems = list(problems) + _duplicate_problems(records)
     if not any(p.fatal for p in problems):
-        problems += _image_problems(records, name, progress and comm.is_main_process())
+        problems += _image_problems(records, name, progress and comm.is_main_process(), full_decode)
     if not records and not problems:
         problems.append(Problem(name, "the dataset has no image", fatal=True))
     report = DatasetReport(name, records, problems)
+    report.problems += _object_count_problems(report)
     _CHECKED[name] = report
     return report
 
 
-def checked_records(name, skip_bad_images, report_dir=None):
+def checked_records(name, skip_bad_images, report_dir=None, full_decode=False):
     """
     The usable records of `name` (detectron2's box convention), checked once per process. Errors raise a
     DatasetError naming the files, unless `skip_bad_images` (DATALOADER.SKIP_BAD_IMAGES), which leaves those
-    images out and logs them; a fatal error always raises. With `report_dir`, the full report is written there.
+    images out and logs them; a fatal error always raises. With `report_dir`, the full report is written there;
+    `full_decode` (DATALOADER.CHECK_FULL_DECODE) decodes every image instead of reading its header and end.
     """
-    report = _CHECKED.get(name) or check_dataset(name)
+    report = _CHECKED.get(name) or check_dataset(name, full_decode=full_decode)
     where = f" (full list: {os.path.join(report_dir, name + '.txt')})" if report.problems and report_dir else ""
     if report.fatal or (report.errors and not skip_bad_images):
         _write_report(report, report_dir)
@@ -186,19 +214,44 @@ def _duplicate_problems(records):
     return problems
 
 
-def _image_problems(records, name, progress):
-    """Every image's header read once: missing, unreadable, or not the size its annotation gives."""
+def _object_count_problems(report):
+    """Warnings: a declared class without any object, and far fewer objects than images."""
+    problems = []
+    source = dataset_source(report.name)
+    classes = MetadataCatalog.get(report.name).get("thing_classes", None)
+    if classes and report.records:
+        counts = Counter(a.get("category_id") for r in report.records for a in r.get("annotations", [])
+                         if not a.get("iscrowd", 0))
+        for k, class_name in enumerate(classes):
+            if not counts[k]:
+                problems.append(Problem(source, f"class {class_name!r} (class {k}) has no object in dataset "
+                                        f"{report.name!r}: training never sees it, and the evaluation leaves it "
+                                        "out of the mean AP", error=False))
+    images, objects = len(report.records), report.num_objects
+    if images and objects < SPARSE_OBJECTS_PER_IMAGE * images:
+        problems.append(Problem(source, f"dataset {report.name!r} has {objects} object(s) for {images} image(s) "
+                                f"(under {SPARSE_OBJECTS_PER_IMAGE:g} per image): are the annotations all there?",
+                                error=False))
+    return problems
+
+
+def _image_problems(records, name, progress, full_decode=False):
+    """
+    Every image's header and end read once (with `full_decode`, every image decoded): missing, unreadable,
+    truncated, or not the size its annotation gives; warnings for what the decoder changes.
+    """
     problems = []
     for record in tqdm(records, desc=f"Checking {name}", unit="img", disable=not progress, mininterval=1.0):
         path = record["file_name"]
         try:
-            size = read_image_size(path)
+            size, notes = inspect_image(path, full_decode)
         except FileNotFoundError:
             problems.append(Problem(path, "image file not found", image=path))
             continue
         except OSError as e:
             problems.append(Problem(path, str(e), image=path))
             continue
+        problems += [Problem(path, note, image=path, error=False) for note in notes]
         expected = (record.get("width", size[0]), record.get("height", size[1]))
         if size != expected:
             problems.append(Problem(path, f"the annotation gives {expected[0]} x {expected[1]} (width x height), "

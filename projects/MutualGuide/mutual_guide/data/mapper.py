@@ -19,6 +19,7 @@ from mutual_guide.data.augmentation import (
     min_side_keep,
     plain_resize,
 )
+from mutual_guide.data.image_io import read_image
 from mutual_guide.data.resize import resize_to_input
 
 __all__ = [
@@ -38,12 +39,13 @@ DATASET_MAPPER_REGISTRY.register(DatasetMapper)  # detectron2's, for its own det
 
 
 def read_image_checked(file_name, image_format):
-    """detection_utils.read_image, with an error that names the file when it is missing or unreadable."""
+    """image_io.read_image (the project's one decoder), with an error that names the file when it is missing or
+    unreadable."""
     try:
-        return utils.read_image(file_name, format=image_format)
+        return read_image(file_name, format=image_format)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Image file not found: {file_name}") from e
-    except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
+    except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError...); ours ValueError
         raise OSError(f"Cannot read image file {file_name}: {type(e).__name__}: {e}") from e
 
 

@@ -5,7 +5,10 @@ written in DATASETS.BOX_CONVENTION.
 `VOCEvaluator` keeps PascalVOCDetectionEvaluator's metric exactly (its `process`, which writes each detection
 as "id score x0 y0 x1 y1" with 3 and 1 decimals, its `voc_ap`, its matching: VOC07 11-point AP for year 2007
 data and the area under the curve otherwise, AP over IoU .50:.95 in steps of .05, AP50, AP75, difficult objects
-neither counted nor penalised). What differs is where the ground truth comes from: detectron2's `voc_eval`
+neither counted nor penalised), except for a class without ground truth (declared but with no object, or
+only difficult ones, in the test set): detectron2 gives it NaN (or 0 when nothing is predicted) and the
+mean becomes NaN; here it is left out of the mean and named in the log, as pycocotools does for COCO.
+The other difference is where the ground truth comes from: detectron2's `voc_eval`
 re-reads every XML with int() and requires <pose> and <truncated>, so it rejects files our reader (and
 therefore training) accepts; here the ground truth is the reader's records, the same ones training used.
 
@@ -112,12 +115,20 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         truth = voc_ground_truth(self._ground_truth_records())
         aps = defaultdict(list)  # IoU threshold (percent) -> AP per class
         curves = []  # (recall, precision) per class at IoU 0.5
+        num_ground_truth = _num_ground_truth(truth, len(self._class_names))
         for cls_id in range(len(self._class_names)):
             class_aps, curve = voc_class_ap(predictions.get(cls_id, []), truth, cls_id, self._is_2007)
             for thresh, ap in class_aps.items():
-                aps[thresh].append(ap * 100)
+                # no ground truth: no AP (voc_ap would give NaN, or 0 without predictions)
+                aps[thresh].append(ap * 100 if num_ground_truth[cls_id] else np.nan)
             curves.append(curve)
-        mean_ap = {iou: np.mean(x) for iou, x in aps.items()}
+        skipped = [name for name, n in zip(self._class_names, num_ground_truth) if not n]
+        if skipped:
+            self._logger.warning(
+                f"{self._dataset_name}: {len(skipped)} class(es) without ground truth (no object, or only "
+                f"difficult ones) left out of the mean AP: {', '.join(skipped)}"
+            )
+        mean_ap = {iou: _mean_defined(x) for iou, x in aps.items()}
         if self._report_dir:
             self._write_report(aps, curves, predictions, truth)
         return OrderedDict(bbox={"AP": np.mean(list(mean_ap.values())), "AP50": mean_ap[50], "AP75": mean_ap[75]})
@@ -125,9 +136,7 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
     def _write_report(self, aps, curves, predictions, truth):
         """The report of evaluation_report.py, from the per-class APs and curves the metric was made of."""
         per_class = np.array([aps[thresh] for thresh in _IOU_THRESHOLDS])  # thresholds x classes
-        counted = [classes[~difficult] for _, classes, difficult in truth.values()]
-        num_ground_truth = np.bincount(np.concatenate(counted or [np.zeros(0, np.int64)]),
-                                       minlength=len(self._class_names))
+        num_ground_truth = _num_ground_truth(truth, len(self._class_names))
         results = ClassResults(
             names=list(self._class_names),
             ap={"AP": per_class.mean(axis=0), "AP50": np.array(aps[50]), "AP75": np.array(aps[75])},
@@ -136,7 +145,7 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
                 interpolated_precision(rec, prec) if n else np.full(len(RECALL_GRID), np.nan)
                 for (rec, prec), n in zip(curves, num_ground_truth)
             ]),
-            mean_over="all",
+            mean_over="defined",
             metric=f"VOC{2007 if self._is_2007 else 2012} metric "
                    f"({'11-point AP' if self._is_2007 else 'area under the curve'})",
         )
@@ -158,6 +167,19 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             raise DatasetError(f"Dataset {self._dataset_name!r}: the ground truth cannot be read:\n"
                                f"{format_problems(errors)}", errors)
         return records
+
+
+def _num_ground_truth(truth, num_classes):
+    """[K] objects per class that the VOC metric counts (difficult ones are not), from voc_ground_truth."""
+    counted = [classes[~difficult] for _, classes, difficult in truth.values()]
+    return np.bincount(np.concatenate(counted or [np.zeros(0, np.int64)]), minlength=num_classes)
+
+
+def _mean_defined(values):
+    """The mean of the classes that have an AP (NaN when none has)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(np.mean(values)) if values.size else float("nan")
 
 
 def voc_iou(detections, ground_truth):

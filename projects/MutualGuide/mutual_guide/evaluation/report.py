@@ -40,8 +40,8 @@ class ClassResults:
     num_ground_truth: [K] objects that count (VOC: not difficult; COCO: not crowd).
     precision: [K, len(RECALL_GRID)] interpolated precision at IoU 0.5 (0-1), NaN rows for classes without
         ground truth.
-    mean_over: "all" when the metric's mean is over every class (VOC: a NaN class makes it NaN, as
-        detectron2's), "defined" when classes without ground truth are left out (COCO's, as pycocotools).
+    mean_over: "all" when the metric's mean is over every class (a NaN class makes it NaN, as detectron2's VOC
+        evaluator), "defined" when classes without ground truth are left out (our VOC evaluator and COCO's).
     metric: the metric's name, shown in titles.
     """
 
@@ -137,7 +137,18 @@ def per_class_table(results):
         for k, (name, n) in enumerate(zip(results.names, results.num_ground_truth))
     ]
     rows.append(["mean", int(np.sum(results.num_ground_truth))] + [results.mean(key) for key in METRICS])
-    return tabulate(rows, headers=["class", "objects", *METRICS], tablefmt="pipe", floatfmt=".1f", numalign="right")
+    table = tabulate(rows, headers=["class", "objects", *METRICS], tablefmt="pipe", floatfmt=".1f", numalign="right")
+    skipped = left_out_of_mean(results)
+    if skipped:
+        table += f"\nWithout ground truth, left out of the mean: {', '.join(skipped)}"
+    return table
+
+
+def left_out_of_mean(results):
+    """Names of the classes the mean leaves out (no ground truth), when the mean is over defined classes only."""
+    if results.mean_over != "defined":
+        return []
+    return [name for name, ap in zip(results.names, results.ap["AP"]) if not np.isfinite(ap)]
 
 
 def write_evaluation_report(folder, dataset_name, results, confusion, score_threshold, iou_threshold=0.5):
@@ -163,6 +174,7 @@ def write_evaluation_report(folder, dataset_name, results, confusion, score_thre
         ],
         "mean": {key: _number(results.mean(key)) for key in METRICS},
         "mean_over": results.mean_over,
+        "left_out_of_mean": left_out_of_mean(results),
         "confusion_matrix": {
             "iou_threshold": iou_threshold,
             "score_threshold": score_threshold,
