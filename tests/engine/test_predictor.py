@@ -56,9 +56,9 @@ def image():
     ],
 )
 def test_the_model_sees_its_configs_test_transform_and_boxes_come_back_in_the_images_pixels(
-    config, seen_shape, image, cfg_factory, tmp_path
+    config, seen_shape, image, make_cfg, tmp_path
 ):
-    cfg = retinanet_cfg() if config == "retinanet" else cfg_factory(size=64, num_classes=3)
+    cfg = retinanet_cfg() if config == "retinanet" else make_cfg(size=64, num_classes=3)
     if config == "mutual_guide":
         cfg.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST = 0.0
     predictor, found, seen = predict_recording_inputs(cfg, image)
@@ -77,12 +77,12 @@ def test_the_model_sees_its_configs_test_transform_and_boxes_come_back_in_the_im
     assert found.pred_boxes.tensor[:, 2].max() > width  # beyond the network's input: scaled back indeed
 
 
-def test_an_rgb_config_gets_rgb_pixels(image, cfg_factory):
+def test_an_rgb_config_gets_rgb_pixels(image, make_cfg):
     """The predictor takes BGR (cv2's order) and hands the model INPUT.FORMAT, as detectron2's DefaultPredictor."""
-    cfg = cfg_factory(size=64, num_classes=3)
+    cfg = make_cfg(size=64, num_classes=3)
     cfg.INPUT.FORMAT = "RGB"
     _, _, seen = predict_recording_inputs(cfg, image)
-    _, _, seen_bgr = predict_recording_inputs(cfg_factory(size=64, num_classes=3), image)
+    _, _, seen_bgr = predict_recording_inputs(make_cfg(size=64, num_classes=3), image)
     assert torch.equal(seen[0], seen_bgr[0].flip(0))
 
 

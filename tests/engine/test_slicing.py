@@ -123,8 +123,8 @@ def test_the_whole_image_pass_adds_the_objects_larger_than_the_overlap():
     assert len(model.shapes) == 13  # 12 tiles and the whole image
 
 
-def test_the_predictor_slices_a_large_image_and_returns_boxes_in_its_pixels(cfg_factory):
-    cfg = cfg_factory(size=64)
+def test_the_predictor_slices_a_large_image_and_returns_boxes_in_its_pixels(make_cfg):
+    cfg = make_cfg(size=64)
     cfg.TEST.SLICE.ENABLED = True
     cfg.TEST.SLICE.WHOLE_IMAGE = False
     # 12 px squares in a 900 x 1200 image: 1 px once squashed to 64 x 64, in reach at the tiles' own scale
@@ -140,7 +140,7 @@ def test_the_predictor_slices_a_large_image_and_returns_boxes_in_its_pixels(cfg_
     assert rounded(whole) != sorted(squares)
 
 
-def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path, cfg_factory):
+def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path, make_cfg):
     """Trainer.test (train_net.py --eval-only, and TEST.EVAL_PERIOD) on 12 px squares in 900 x 1200 images."""
     images, annotations = [], []
     for i in range(2):
@@ -154,7 +154,7 @@ def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path,
     with open(tmp_path / "squares.json", "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "square"}]}, f)
     name = f"squares{uuid.uuid4().hex[:6]}"
-    cfg = cfg_factory(size=64, num_classes=1)
+    cfg = make_cfg(size=64, num_classes=1)
     cfg.DATASETS.CUSTOM = [f"{name}:coco:json={tmp_path / 'squares.json'};images={tmp_path}"]
     cfg.DATASETS.TEST = (name,)
     cfg.OUTPUT_DIR = str(tmp_path / "out")
@@ -179,8 +179,8 @@ def test_eval_only_with_slicing_evaluates_the_tiles_at_full_resolution(tmp_path,
         ("TILE_SIZE", -64, r"TEST.SLICE.TILE_SIZE must be 0 \(INPUT.SIZE\) or a positive number of pixels, got -64"),
     ],
 )
-def test_the_config_check_names_a_slice_value_that_cannot_work(cfg_factory, key, value, message):
-    cfg = cfg_factory()
+def test_the_config_check_names_a_slice_value_that_cannot_work(make_cfg, key, value, message):
+    cfg = make_cfg()
     check_config(cfg, training=False)  # the defaults pass
     cfg.TEST.SLICE[key] = value
     with pytest.raises(ValueError, match=message):
