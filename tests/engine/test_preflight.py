@@ -108,9 +108,16 @@ def test_new_run_in_a_used_output_dir_is_refused(tmp_path, train_args, shapes_da
         (("MODEL.NECK.NAME", "BiFPN"), "MODEL.NECK.NAME 'BiFPN' is not a registered neck; valid: FPN, PAFPN, RFB, SSD"),
         (("DATASETS.BOX_CONVENTION", "pascal"), r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'paper'\), "
                                                 "got 'pascal'"),
+        (("SOLVER.BASE_LR", -0.1), r"SOLVER.BASE_LR must be a positive number, got -0.1"),
+        (("SOLVER.MOMENTUM", 1.5), r"SOLVER.MOMENTUM must be in \[0, 1\), got 1.5"),
+        (("SOLVER.WEIGHT_DECAY", -1e-4), r"SOLVER.WEIGHT_DECAY must be 0 or positive, got -0.0001"),
+        (("SOLVER.BASE_LR_END", 0.5), r"SOLVER.BASE_LR_END \(0.5\) must not exceed SOLVER.BASE_LR"),
+        (("SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "SOLVER.STEPS", "(30, 20)"),
+         r"SOLVER.STEPS must be increasing positive iterations, got \(30, 20\)"),
+        (("MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST", 0.0), r"MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST must be in \(0, 1\], got 0.0"),
+        (("MODEL.MUTUAL_GUIDE.NUM_CLASSES", 0), "MODEL.MUTUAL_GUIDE.NUM_CLASSES must be a positive integer, got 0"),
     ],
 )
-
 
 def test_config_errors_name_the_key_and_value(tmp_path, train_args, opts, message, shapes_dataset):
     info = shapes_dataset(tmp_path)

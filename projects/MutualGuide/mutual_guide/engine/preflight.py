@@ -6,6 +6,7 @@ and the output folder of a new training run.
 import datetime
 import glob
 import logging
+import math
 import os
 
 import detectron2.utils.comm as comm
@@ -56,6 +57,13 @@ def check_config(cfg, training=True):
     if training:
         positive_int("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER)
         positive_int("SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD)
+        bad.extend(_solver_problems(cfg.SOLVER))
+    positive_int("MODEL.MUTUAL_GUIDE.NUM_CLASSES", cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES)
+    positive_int("TEST.DETECTIONS_PER_IMAGE", cfg.TEST.DETECTIONS_PER_IMAGE)
+    for key, value, low_open in (("MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST", cfg.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST, False),
+                                 ("MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST", cfg.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST, True)):
+        if not _number(value) or not (0 < value <= 1 if low_open else 0 <= value <= 1):
+            bad.append(f"{key} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
     batch, world = cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size()
     if positive_int("SOLVER.IMS_PER_BATCH", batch) and batch % world:
         bad.append(f"SOLVER.IMS_PER_BATCH ({batch}, the total over all processes) must be a multiple of the "
@@ -88,6 +96,37 @@ def check_config(cfg, training=True):
         bad.append(f"MODEL.WEIGHTS {weights!r}: file not found")
     if bad:
         raise ValueError("Invalid config:\n  " + "\n  ".join(bad))
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _solver_problems(solver):
+    """What in SOLVER cannot train: each with its key and value (detectron2 would fail later, or train on NaN)."""
+    bad = []
+    if not _number(solver.BASE_LR) or solver.BASE_LR <= 0:
+        bad.append(f"SOLVER.BASE_LR must be a positive number, got {solver.BASE_LR!r}")
+    if not _number(solver.MOMENTUM) or not 0 <= solver.MOMENTUM < 1:
+        bad.append(f"SOLVER.MOMENTUM must be in [0, 1), got {solver.MOMENTUM!r}")
+    for key in ("WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "BASE_LR_END"):
+        value = solver.get(key)
+        if value is not None and (not _number(value) or value < 0):
+            bad.append(f"SOLVER.{key} must be 0 or positive, got {value!r}")
+    if solver.get("WEIGHT_DECAY_BIAS") is not None and (not _number(solver.WEIGHT_DECAY_BIAS) or solver.WEIGHT_DECAY_BIAS < 0):
+        bad.append(f"SOLVER.WEIGHT_DECAY_BIAS must be 0, positive or null (as WEIGHT_DECAY), got {solver.WEIGHT_DECAY_BIAS!r}")
+    if _number(solver.BASE_LR) and _number(solver.get("BASE_LR_END", 0.0)) and solver.get("BASE_LR_END", 0.0) > solver.BASE_LR:
+        bad.append(f"SOLVER.BASE_LR_END ({solver.BASE_LR_END!r}) must not exceed SOLVER.BASE_LR ({solver.BASE_LR!r})")
+    if not isinstance(solver.WARMUP_ITERS, int) or solver.WARMUP_ITERS < 0:
+        bad.append(f"SOLVER.WARMUP_ITERS must be 0 or a positive integer, got {solver.WARMUP_ITERS!r}")
+    if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
+        steps = list(solver.STEPS)
+        if steps != sorted(steps) or any(not isinstance(x, int) or x <= 0 for x in steps):
+            bad.append(f"SOLVER.STEPS must be increasing positive iterations, got {tuple(steps)!r}")
+        elif isinstance(solver.MAX_ITER, int) and steps and steps[-1] > solver.MAX_ITER:
+            bad.append(f"SOLVER.STEPS {tuple(steps)!r} go past SOLVER.MAX_ITER ({solver.MAX_ITER}): the learning rate "
+                       "would never drop there")
+    return bad
 
 
 def check_dataset_names(cfg, training=True):
