@@ -142,7 +142,9 @@ def get_parser():
     parser.add_argument("--json", metavar="FILE", help="save every prediction drawn into this JSON file")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace drawings, --json and video files that already exist (refused otherwise)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.3)
+    parser.add_argument("--confidence-threshold", type=float, default=None,
+                        help="draw predictions scoring at least this; default: the best-F1 score of the weights' "
+                             "evaluation (<weights folder>/eval/<dataset>/per_class.json), else 0.3")
     parser.add_argument("--max-megapixels", type=float, default=150.0,
                         help="larger images are refused before decoding (default 150)")
     parser.add_argument("--max-frames", type=int, default=0, help="stop a video or the webcam after so many frames")
@@ -205,13 +207,15 @@ class Demo:
         self.predictor = MutualGuidePredictor(cfg)
         self.args, self.metadata = args, metadata
         self.predictions, self.inputs, self.failures = [], [], []
+        self.note = None  # what the drawings say in their corner: the threshold and why
 
     def draw(self, image, file_name, frame=None):
         """(the drawing, how many predictions it shows)"""
         instances = self.predictor(image).to("cpu")
         shown = prediction_records(file_name, instances, self.metadata, self.args.confidence_threshold, frame)
         self.predictions += shown
-        return draw_predictions(image, instances, self.metadata, self.args.confidence_threshold), len(shown)
+        drawing = draw_predictions(image, instances, self.metadata, self.args.confidence_threshold, note=self.note)
+        return drawing, len(shown)
 
     def fail(self, source, error):
         why = f"{type(error).__name__}: {error}"
@@ -298,6 +302,30 @@ def run_video(demo, args):
         return 0
 
 
+DEFAULT_THRESHOLD = 0.3
+
+
+def drawing_threshold(args, cfg):
+    """
+    (threshold, why): --confidence-threshold when given; else the score of best F1 that the evaluation of these
+    weights found (OUTPUT_DIR/eval/<dataset>/per_class.json beside MODEL.WEIGHTS, written by every evaluation), so
+    that a drawing shows what a person should believe; else DEFAULT_THRESHOLD.
+    """
+    if args.confidence_threshold is not None:
+        return args.confidence_threshold, "--confidence-threshold"
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+    if cfg.MODEL.WEIGHTS and dataset:
+        report = os.path.join(os.path.dirname(os.path.abspath(cfg.MODEL.WEIGHTS)), "eval", dataset, "per_class.json")
+        try:
+            with open(report) as f:
+                best = json.load(f).get("best_f1")
+        except (OSError, ValueError):
+            best = None
+        if best:
+            return float(best["score"]), f"best F1 {best['f1']:.2f} on {dataset}"
+    return DEFAULT_THRESHOLD, "default; no evaluation beside the weights"
+
+
 def _input_files(args, cfg, metadata):
     """Every file this demo reads: the images, the video, the config, the weights and the dataset's annotations."""
     files = [args.config_file, cfg.MODEL.WEIGHTS]
@@ -356,7 +384,10 @@ def main(argv=None):
                               inputs=_input_files(args, cfg, metadata))
         except FileExistsError as e:
             parser.error(f"--json: {e}")
+    args.confidence_threshold, why = drawing_threshold(args, cfg)
+    logger.info(f"Drawing predictions scoring at least {args.confidence_threshold:.2f} ({why})")
     demo = Demo(cfg, args, metadata)
+    demo.note = f"score >= {args.confidence_threshold:.2f} ({why})"
     try:
         drawn = demo.images(args.input, args.output) if args.input else run_video(demo, args)
     except FileExistsError as e:

@@ -89,7 +89,8 @@ def run(output_dir, num_train, num_test, opts=(), seed=0, image_size=128, num_ex
     draw_dir = os.path.join(output_dir, "draw")
     demo.main([
         "--config-file", CONFIG, "--input", os.path.join(info["splits"]["test"]["image_root"], "test_*.jpg"), "--output", draw_dir,
-        "--confidence-threshold", str(cfg.TEST.DRAW_SCORE_THRESH),
+        # the previous demo's drawings are replaced; the threshold is the evaluation's best F1 (demo.py's default)
+        "--overwrite",
         "--opts", "MODEL.WEIGHTS", final, "OUTPUT_DIR", output_dir, *dataset_opts(info, extra), *opts,
     ])
     if comm.is_main_process():

@@ -229,10 +229,12 @@ def test_every_kind_of_bad_input_in_one_batch(shapes, tmp_path, logged):
         "gray.png": (640, 512, 3), "large.png": (1707, 2048, 3), "one_pixel.png": (512, 512, 3),
         "rgba.png": (341, 512, 3),
     }
-    assert (drawings["gray.png"] == 90).all()  # grey in colour; nothing scores 0.9 on a random network
-    assert (drawings["rgba.png"] == (30, 160, 220)).all()
-    assert (drawings["one_pixel.png"] == 200).all()
-    assert (drawings["large.png"] == 255).all()
+    # below the corner note (the threshold and why): grey in colour; nothing scores 0.9 on a random network
+    below_note = slice(80, None)
+    assert (drawings["gray.png"][below_note] == 90).all()
+    assert (drawings["rgba.png"][below_note] == (30, 160, 220)).all()
+    assert (drawings["one_pixel.png"][below_note] == 200).all()
+    assert (drawings["large.png"][below_note] == 255).all()
 
     # the same folder as input and output: each drawing would replace its input, so each is refused
     result = run(["--input", inputs / "gray.png"], inputs, opts=shapes["opts"])

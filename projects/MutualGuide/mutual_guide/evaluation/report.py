@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from mutual_guide.utils.atomic_io import AtomicFile
 
-__all__ = ["RECALL_GRID", "ClassResults", "confusion_matrix", "interpolated_precision", "write_evaluation_report"]
+__all__ = ["RECALL_GRID", "best_f1_threshold", "ClassResults", "confusion_matrix", "interpolated_precision", "write_evaluation_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,50 @@ def confusion_matrix(images, num_classes, iou_threshold=0.5, score_threshold=0.3
     return matrix
 
 
+F1_SCORE_FLOOR = 0.05  # predictions below this score are never drawn by default: not scanned for the best F1
+
+
+def best_f1_threshold(images, iou_threshold=0.5, floor=F1_SCORE_FLOOR):
+    """
+    The score threshold that a person should believe by default: the one of best F1 over all classes, matching as
+    step 1 of `confusion_matrix` (within each class, in decreasing score order, the unmatched ground truth of
+    largest IoU >= `iou_threshold`; a match of an ignored ground truth counts neither way). F1 at threshold t is
+    2 TP / (2 TP + FP + FN) over the predictions scoring at least t. `images` is `confusion_matrix`'s input.
+    Returns {"score", "f1", "precision", "recall"}, or None when there is no ground truth or no prediction.
+    """
+    scores, hits, num_truth = [], [], 0
+    for image in images:
+        pred_scores = np.asarray(image["pred_scores"], dtype=np.float64)
+        keep = pred_scores >= floor
+        pred_classes = np.asarray(image["pred_classes"], dtype=np.int64)[keep]
+        pred_scores = pred_scores[keep]
+        gt_classes = np.asarray(image["gt_classes"], dtype=np.int64)
+        ignore = np.asarray(image["gt_ignore"], dtype=bool)
+        ious = np.asarray(image["ious"], dtype=np.float64).reshape(len(keep), len(gt_classes))[keep]
+        num_truth += int((~ignore).sum())
+        taken = np.zeros(len(gt_classes), dtype=bool)
+        for d in np.argsort(-pred_scores, kind="stable"):
+            candidates = (gt_classes == pred_classes[d]) & ~taken & (ious[d] >= iou_threshold)
+            if candidates.any():
+                g = int(np.argmax(np.where(candidates, ious[d], -1.0)))
+                taken[g] = True
+                if ignore[g]:
+                    continue
+            scores.append(pred_scores[d])
+            hits.append(bool(candidates.any()))
+    if num_truth == 0 or not scores:
+        return None
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ranked, tp = np.asarray(scores)[order], np.cumsum(np.asarray(hits)[order])
+    fp = np.arange(1, len(ranked) + 1) - tp
+    f1 = 2 * tp / (2 * tp + fp + (num_truth - tp))
+    # a threshold keeps every prediction of its score: only the last of a run of equal scores is a cut
+    cut = np.r_[ranked[1:] != ranked[:-1], True]
+    best = int(np.flatnonzero(cut)[np.argmax(f1[cut])])
+    return {"score": float(ranked[best]), "f1": float(f1[best]), "precision": float(tp[best] / (best + 1)),
+            "recall": float(tp[best] / num_truth)}
+
+
 def _number(value, digits=3):
     """A JSON number, or null for NaN (JSON has no NaN)."""
     return round(float(value), digits) if np.isfinite(value) else None
@@ -151,10 +195,12 @@ def left_out_of_mean(results):
     return [name for name, ap in zip(results.names, results.ap["AP"]) if not np.isfinite(ap)]
 
 
-def write_evaluation_report(folder, dataset_name, results, confusion, score_threshold, iou_threshold=0.5):
+def write_evaluation_report(folder, dataset_name, results, confusion, score_threshold, iou_threshold=0.5,
+                            best_f1=None):
     """
     Log the per-class table and write per_class.json, pr_curve.png and confusion_matrix.png into `folder`
-    (created). `confusion` is `confusion_matrix`'s output for the same classes. Returns the three paths.
+    (created). `confusion` is `confusion_matrix`'s output for the same classes; `best_f1`, `best_f1_threshold`'s
+    (the threshold demo.py draws with by default). Returns the three paths.
     """
     from mutual_guide.evaluation.plots import (  # matplotlib only when a report is drawn
         plot_confusion_matrix,
@@ -164,6 +210,10 @@ def write_evaluation_report(folder, dataset_name, results, confusion, score_thre
     os.makedirs(folder, exist_ok=True)
     logger.info(f"Per-class results on {dataset_name}, {results.metric}; also in {folder}:\n"
                 f"{per_class_table(results)}")
+    if best_f1 is not None:
+        logger.info(f"Best F1 at IoU 0.5 over all classes: {best_f1['f1']:.3f} from score {best_f1['score']:.3f} "
+                    f"(precision {best_f1['precision']:.3f}, recall {best_f1['recall']:.3f}); demo.py draws from it "
+                    "by default")
     labels = list(results.names) + ["background"]
     report = {
         "dataset": dataset_name,
@@ -175,6 +225,7 @@ def write_evaluation_report(folder, dataset_name, results, confusion, score_thre
         "mean": {key: _number(results.mean(key)) for key in METRICS},
         "mean_over": results.mean_over,
         "left_out_of_mean": left_out_of_mean(results),
+        "best_f1": best_f1,
         "confusion_matrix": {
             "iou_threshold": iou_threshold,
             "score_threshold": score_threshold,
