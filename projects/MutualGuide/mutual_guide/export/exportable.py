@@ -21,6 +21,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from mutual_guide.modeling.postprocessing import top_candidates
 from mutual_guide.utils.atomic_io import atomic_path
 
 __all__ = [
@@ -114,14 +115,9 @@ class DetectorWithNMS(nn.Module):
         """
         n, c = scores.shape[0], scores.shape[2]
         if self.topk_candidates > 0 and len(self.num_anchors_per_level) > 0:
-            kept = []
-            start = 0
-            for count in self.num_anchors_per_level:
-                level = scores[:, start : start + count].reshape(n, count * c)
-                top = level.topk(min(self.topk_candidates, count * c), dim=1).indices
-                kept.append(torch.zeros_like(level).scatter(1, top, level.gather(1, top)))
-                start += count
-            scores = torch.cat(kept, dim=1).reshape(n, -1, c)
+            # the model's candidates (modeling/postprocessing.top_candidates), kept in the dense layout of the graph
+            values, index = top_candidates(scores, self.num_anchors_per_level, self.topk_candidates)
+            scores = torch.zeros_like(scores).reshape(n, -1).scatter(1, index, values).reshape(n, -1, c)
         nonempty = (boxes[:, :, 2] > boxes[:, :, 0]) & (boxes[:, :, 3] > boxes[:, :, 1])
         return scores * nonempty.unsqueeze(2).to(scores.dtype)
 

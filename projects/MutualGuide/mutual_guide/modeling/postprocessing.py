@@ -8,20 +8,25 @@ from detectron2.layers import batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["rescale_detections", "select_detections"]
+__all__ = ["rescale_detections", "select_detections", "top_candidates"]
 
 
-def _top_candidates(logits: Tensor, num_anchors_per_level: Sequence[int], k: int) -> Tuple[Tensor, Tensor]:
-    """[N, K] logits and flat (anchor * C + class) indices of the `k` best (anchor, class) pairs of each level."""
-    n, _, c = logits.shape
-    values, indices = [], []
+def top_candidates(logits: Tensor, num_anchors_per_level: List[int], k: int) -> Tuple[Tensor, Tensor]:
+    """
+    The test-time candidates, shared by the model (`select_detections`) and the export (`DetectorWithNMS`):
+    [N, K] values and flat (anchor * C + class) indices of the `k` best (anchor, class) pairs of each level of
+    [N, A, C] `logits` (or scores: the sigmoid keeps their order). Scriptable, for the exported selection.
+    """
+    n, c = logits.shape[0], logits.shape[2]
+    values: List[Tensor] = []
+    indices: List[Tensor] = []
     start = 0
     for count in num_anchors_per_level:
-        level = logits[:, start : start + count].reshape(n, -1)
+        level = logits[:, start : start + count].reshape(n, count * c)
         # top-k of the logits: the sigmoid keeps their order and is then taken of the K candidates only
-        top = level.topk(min(k, level.shape[1]), dim=1)
-        values.append(top.values)
-        indices.append(top.indices + start * c)
+        top_values, top_index = level.topk(min(k, count * c), dim=1)
+        values.append(top_values)
+        indices.append(top_index + start * c)
         start += count
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
 
@@ -61,7 +66,7 @@ def select_detections(
     boxes = boxes.clamp(min=0.0, max=float(image_size)).view(n, -1, 4)
     nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [N, A]
     if topk_candidates > 0:
-        cand_logits, cand_index = _top_candidates(logits, num_anchors_per_level, topk_candidates)
+        cand_logits, cand_index = top_candidates(logits, list(num_anchors_per_level), topk_candidates)
         cand_anchor = torch.div(cand_index, num_classes, rounding_mode="floor")
         cand_scores = torch.sigmoid(cand_logits.float())
         keep = (cand_scores > score_thresh) & nonempty.gather(1, cand_anchor)
