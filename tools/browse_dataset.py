@@ -15,8 +15,6 @@ import argparse
 import os
 import sys
 
-import cv2
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
@@ -26,6 +24,7 @@ from detectron2.utils.env import seed_all_rng
 import mutual_guide
 from mutual_guide.data import MutualGuideDatasetMapper, check_dataset_paths, register_custom_datasets
 from mutual_guide.data.mapper import read_image_checked
+from mutual_guide.utils.atomic_io import refuse_to_replace, write_image
 from mutual_guide.utils.drawing import draw_boxes
 
 
@@ -34,6 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the drawings (created if needed)")
     parser.add_argument("--augmented", action="store_true", help="draw the training mapper's output")
+    parser.add_argument("--overwrite", action="store_true", help="replace drawings that already exist (refused otherwise)")
     parser.add_argument("--dataset", nargs="+", default=None, metavar="NAME", help="default: DATASETS.TRAIN")
     parser.add_argument("--max-images", type=int, default=100, help="per dataset, the first ones; 0: all")
     parser.add_argument("--seed", type=int, default=0, help="of the augmentation: the same seed, the same drawings")
@@ -67,8 +67,9 @@ def as_augmented(record, mapper, image_format):
     return image, instances.gt_boxes.tensor.numpy(), instances.gt_classes.tolist()
 
 
-def browse(cfg, dataset_names, output_dir, augmented=False, max_images=100, seed=0, min_width=512):
-    """Draw each dataset into output_dir/<name>/; returns the paths written."""
+def browse(cfg, dataset_names, output_dir, augmented=False, max_images=100, seed=0, min_width=512, overwrite=False):
+    """Draw each dataset into output_dir/<name>/; returns the paths written. Nothing is drawn over an image of the
+    dataset, nor over an existing file unless `overwrite` (--overwrite): refused, naming the paths, before drawing."""
     check_dataset_paths(dataset_names)
     mapper = MutualGuideDatasetMapper(cfg, is_train=True) if augmented else None
     seed_all_rng(seed)
@@ -77,11 +78,13 @@ def browse(cfg, dataset_names, output_dir, augmented=False, max_images=100, seed
         records = DatasetCatalog.get(name)  # first, as loading a COCO json is what fills its class names
         metadata = MetadataCatalog.get(name)
         folder = os.path.join(output_dir, name)
+        chosen = records[: max_images or None]
+        paths = [os.path.join(folder, os.path.splitext(os.path.basename(r["file_name"]))[0] + ".jpg") for r in chosen]
+        refuse_to_replace(paths, flag="--overwrite", allowed=overwrite, inputs=[r["file_name"] for r in records])
         os.makedirs(folder, exist_ok=True)
-        for record in records[: max_images or None]:
+        for record, path in zip(chosen, paths):
             image, boxes, classes = as_augmented(record, mapper, cfg.INPUT.FORMAT) if augmented else as_loaded(record)
-            path = os.path.join(folder, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".jpg")
-            cv2.imwrite(path, draw_boxes(image, boxes, classes, metadata, min_width=min_width)[:, :, ::-1])
+            write_image(path, draw_boxes(image, boxes, classes, metadata, min_width=min_width)[:, :, ::-1])
             written.append(path)
         print(f"[browse] {min(len(records), max_images or len(records))} drawings of {name} in {folder}")
     return written
@@ -93,7 +96,11 @@ def main(argv=None):
     names = args.dataset or list(cfg.DATASETS.TRAIN)
     if not names:
         sys.exit("browse_dataset.py: no dataset to draw: DATASETS.TRAIN is empty and no --dataset was given")
-    return browse(cfg, names, args.output, args.augmented, args.max_images, args.seed, args.min_width)
+    try:
+        return browse(cfg, names, args.output, args.augmented, args.max_images, args.seed, args.min_width,
+                      args.overwrite)
+    except FileExistsError as e:
+        sys.exit(f"browse_dataset.py: --output: {e}")
 
 
 if __name__ == "__main__":

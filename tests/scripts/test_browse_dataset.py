@@ -89,3 +89,10 @@ def test_real_voc_images(browse, voc_mini_root, drawn, tmp_path):
     for call, path in zip(drawn[2:], augmented):
         assert set(call["labels"]) <= {"dog", "person", "train"}
         assert check_readable(call, path) == (512, 512)  # INPUT.SIZE 320, drawn 1.6x
+
+
+def test_drawings_are_not_written_over_earlier_ones_or_the_images(browse, shapes, tmp_path):
+    first = browse(["--config-file", SHAPES_CONFIG, "--output", str(tmp_path), *shapes])
+    with pytest.raises(SystemExit, match=r"--output: .*train_00000\.jpg.* already exist\(s\).* add --overwrite"):
+        browse(["--config-file", SHAPES_CONFIG, "--output", str(tmp_path), *shapes])
+    assert browse(["--config-file", SHAPES_CONFIG, "--output", str(tmp_path), "--overwrite", *shapes]) == first

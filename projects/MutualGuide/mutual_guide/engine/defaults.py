@@ -1,5 +1,6 @@
 """The set-up of a run from the command line, shared by train_net.py, demo.py and the tools."""
 import contextlib
+import datetime
 import logging
 import os
 import shutil
@@ -38,6 +39,27 @@ def _training_config_kept(output_dir, keep):
     os.replace(backup, path)
 
 
+EVALUATION_FOLDERS = ("eval", "inference", "draw")  # what an evaluation writes into OUTPUT_DIR
+
+
+def _set_aside_earlier_evaluation(output_dir):
+    """
+    An evaluation replaces the reports of OUTPUT_DIR/eval, inference and draw; with --eval-only in a folder that
+    holds an earlier run's, those are renamed `<folder>.replaced-<time>` first, so nothing of that run is lost.
+    Returns the new names.
+    """
+    if not comm.is_main_process():
+        return []
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in EVALUATION_FOLDERS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and os.listdir(path):
+            os.replace(path, f"{path}.replaced-{stamp}")
+            moved.append(f"{name}/ -> {name}.replaced-{stamp}/")
+    return moved
+
+
 def argument_parser():
     """detectron2's default_argument_parser, plus --overwrite-output-dir."""
     parser = default_argument_parser()
@@ -72,7 +94,11 @@ def setup(args):
     set_aside, suffix = preflight.set_aside_previous_run(cfg.OUTPUT_DIR, replaced)
     with _training_config_kept(cfg.OUTPUT_DIR, keep=args.eval_only):
         default_setup(cfg, args)
+    earlier = _set_aside_earlier_evaluation(cfg.OUTPUT_DIR) if args.eval_only else []
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutual_guide")
+    if earlier:
+        logger.warning(f"--eval-only in {cfg.OUTPUT_DIR!r}: the earlier evaluation's {', '.join(earlier)} kept, "
+                       "renamed; this one writes its own")
     if set_aside:
         logger.warning(f"--overwrite-output-dir: a new run starts in {cfg.OUTPUT_DIR!r}, which held "
                        f"{', '.join(replaced)}; its {', '.join(set_aside)} now end in {suffix}")

@@ -1,11 +1,11 @@
 """TEST.DRAW: an evaluation that draws each image's predictions with the Visualizer (utils/drawing.py)."""
 import os
 
-import cv2
-
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 
+from mutual_guide.data.image_io import read_image
+from mutual_guide.utils.atomic_io import write_image
 from mutual_guide.utils.drawing import draw_predictions
 
 __all__ = ["PredictionDrawer"]
@@ -24,12 +24,13 @@ class PredictionDrawer(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         for x, out in zip(inputs, outputs):
-            image = cv2.imread(x["file_name"], cv2.IMREAD_COLOR)
-            if image is None:
-                raise OSError(f"Cannot read image {x['file_name']!r} to draw its predictions")
+            try:
+                image = read_image(x["file_name"], format="BGR")  # the pixels training and evaluation saw
+            except Exception as e:
+                raise OSError(f"Cannot read image {x['file_name']!r} to draw its predictions: {e}") from e
             drawn = draw_predictions(image, out["instances"], self.metadata, self.score_thresh)
             name = os.path.splitext(os.path.basename(x["file_name"]))[0] + ".jpg"
-            cv2.imwrite(os.path.join(self.output_dir, name), drawn)
+            write_image(os.path.join(self.output_dir, name), drawn)
 
     def evaluate(self):
         return {}

@@ -3,10 +3,13 @@ The evaluation report's two pictures (evaluation_report.py), drawn with matplotl
 their own: no pyplot, so no global backend or figure state is touched (the Visualizer and the trainer share
 the process). Classes have the colours of the drawings (drawing.PALETTE).
 """
+import io
+
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mutual_guide.utils.atomic_io import write_atomically
 from mutual_guide.utils.drawing import PALETTE
 
 __all__ = ["plot_confusion_matrix", "plot_pr_curves"]
@@ -17,7 +20,9 @@ _MAX_CELLS_WITH_COUNTS = 30  # a larger matrix has no room to write its counts
 
 def _save(figure, path):
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=110, format="png")
+    write_atomically(path, buffer.getvalue())
 
 
 def plot_pr_curves(path, dataset_name, results):
