@@ -50,7 +50,7 @@ def batch_images(batched_inputs: List[Dict], size: int, device: torch.device) ->
             raise ValueError(
                 f"Image {x.get('file_name', '')!r} reaches the detector as {tuple(im.shape[-2:])}; it takes "
                 f"INPUT.SIZE x INPUT.SIZE ({size} x {size}) images, resized by MutualGuideDatasetMapper or "
-                "MutualGuidePredictor (mutual_guide.data.resize.resize_to_input)"
+                "MutualGuidePredictor (the one resize of data/resize.py)"
             )
     if device.type == "cuda" and all(im.device.type == "cpu" for im in images):
         # stacked straight into pinned memory: one host copy, then an asynchronous transfer
