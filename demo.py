@@ -47,7 +47,7 @@ from mutual_guide.data.image_io import read_image as decode_image
 from mutual_guide.engine.predictor import MutualGuidePredictor
 from mutual_guide.engine.preflight import check_config, check_num_classes
 from mutual_guide.utils.atomic_io import AtomicFile, refuse_to_replace, write_image
-from mutual_guide.utils.drawing import MAX_DRAWING_SIDE, draw_predictions
+from mutual_guide.utils.drawing import MAX_DRAWING_SIDE, above_threshold, draw_predictions
 
 DEFAULT_FPS = 25.0  # when the source does not say (webcams often report 0)
 
@@ -187,8 +187,9 @@ def class_metadata(cfg, dataset_name=None):
 
 
 def prediction_records(file_name, instances, metadata, threshold, frame=None):
-    """--json entries of the predictions scoring at least `threshold`, boxes in the original image's pixels."""
-    instances = instances[instances.scores >= threshold]
+    """--json entries of the predictions scoring at least `threshold` (one number or one per class), boxes in the
+    original image's pixels."""
+    instances = above_threshold(instances, threshold)
     names = metadata.get("thing_classes", None) if metadata is not None else None
     records = []
     for box, score, cls in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(),
@@ -239,7 +240,7 @@ class Demo:
                 continue
             height, width = image.shape[:2]
             self.inputs.append({"file": path, "width": width, "height": height})
-            logger.info(f"{path} ({width} x {height}): {shown} detections >= {self.args.confidence_threshold} -> "
+            logger.info(f"{path} ({width} x {height}): {shown} detections drawn -> "
                         f"{out} ({drawing.shape[1]} x {drawing.shape[0]})")
         return len(self.inputs)
 
@@ -305,11 +306,12 @@ def run_video(demo, args):
 DEFAULT_THRESHOLD = 0.3
 
 
-def drawing_threshold(args, cfg):
+def drawing_threshold(args, cfg, num_classes=None):
     """
-    (threshold, why): --confidence-threshold when given; else the score of best F1 that the evaluation of these
-    weights found (OUTPUT_DIR/eval/<dataset>/per_class.json beside MODEL.WEIGHTS, written by every evaluation), so
-    that a drawing shows what a person should believe; else DEFAULT_THRESHOLD.
+    (threshold, why): --confidence-threshold when given; else the scores of best F1 that the evaluation of these
+    weights found (OUTPUT_DIR/eval/<dataset>/per_class.json beside MODEL.WEIGHTS, written by every evaluation): one
+    per class where each class has one, the best over all classes otherwise, so that a drawing shows what a person
+    should believe; else DEFAULT_THRESHOLD.
     """
     if args.confidence_threshold is not None:
         return args.confidence_threshold, "--confidence-threshold"
@@ -318,12 +320,23 @@ def drawing_threshold(args, cfg):
         report = os.path.join(os.path.dirname(os.path.abspath(cfg.MODEL.WEIGHTS)), "eval", dataset, "per_class.json")
         try:
             with open(report) as f:
-                best = json.load(f).get("best_f1")
+                content = json.load(f)
         except (OSError, ValueError):
-            best = None
-        if best:
-            return float(best["score"]), f"best F1 {best['f1']:.2f} on {dataset}"
+            content = {}
+        overall, per_class = content.get("best_f1"), list((content.get("best_f1_per_class") or {}).values())
+        if per_class and all(per_class) and (num_classes is None or len(per_class) == num_classes):
+            return [float(best["score"]) for best in per_class], f"each class's best F1 on {dataset}"
+        if overall:
+            return float(overall["score"]), f"best F1 {overall['f1']:.2f} on {dataset}"
     return DEFAULT_THRESHOLD, "default; no evaluation beside the weights"
+
+
+def _describe_threshold(threshold, metadata):
+    if isinstance(threshold, (int, float)):
+        return f"score >= {threshold:.2f}"
+    names = metadata.get("thing_classes", None) if metadata is not None else None
+    names = names or [str(k) for k in range(len(threshold))]
+    return "score >= " + ", ".join(f"{name} {t:.2f}" for name, t in zip(names, threshold))
 
 
 def _input_files(args, cfg, metadata):
@@ -384,10 +397,11 @@ def main(argv=None):
                               inputs=_input_files(args, cfg, metadata))
         except FileExistsError as e:
             parser.error(f"--json: {e}")
-    args.confidence_threshold, why = drawing_threshold(args, cfg)
-    logger.info(f"Drawing predictions scoring at least {args.confidence_threshold:.2f} ({why})")
+    args.confidence_threshold, why = drawing_threshold(args, cfg, cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES)
+    shown = _describe_threshold(args.confidence_threshold, metadata)
+    logger.info(f"Drawing predictions of {shown} ({why})")
     demo = Demo(cfg, args, metadata)
-    demo.note = f"score >= {args.confidence_threshold:.2f} ({why})"
+    demo.note = f"{shown} ({why})"
     try:
         drawn = demo.images(args.input, args.output) if args.input else run_video(demo, args)
     except FileExistsError as e:

@@ -1,7 +1,7 @@
 """The default drawing threshold: the score of best F1, on hand-made predictions whose counts are written out."""
 import pytest
 
-from mutual_guide.evaluation.report import best_f1_threshold
+from mutual_guide.evaluation.report import best_f1_threshold, best_f1_thresholds
 
 
 def _images(extra_false=0):
@@ -41,3 +41,12 @@ def test_ignored_objects_count_neither_way_and_nothing_gives_none():
     assert best_f1_threshold([]) is None
     assert best_f1_threshold([{"pred_classes": [], "pred_scores": [], "gt_classes": [0], "gt_ignore": [False],
                                "ious": []}]) is None
+
+
+def test_each_class_alone():
+    overall, (zero, one) = best_f1_thresholds(_images(extra_false=3), 2)
+    assert overall == best_f1_threshold(_images(extra_false=3))
+    # class 0: 0.9 TP, 0.8 FP, 0.7 FP over 1 object: best at 0.9, F1 2/(2+0+0) = 1
+    assert zero == pytest.approx({"score": 0.9, "f1": 1.0, "precision": 1.0, "recall": 1.0})
+    # class 1: 0.6 TP, 0.3 TP, 3 x 0.2 FP over 2 objects: best at 0.3, F1 1
+    assert one == pytest.approx({"score": 0.3, "f1": 1.0, "precision": 1.0, "recall": 1.0})

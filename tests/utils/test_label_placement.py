@@ -1,4 +1,6 @@
-"""Labels of crowded boxes are drawn apart from each other and inside the image."""
+"""Labels of crowded boxes are drawn apart from each other and inside the image; thresholds per class."""
+import pytest
+
 from mutual_guide.utils.drawing import place_labels
 
 
@@ -24,3 +26,16 @@ def test_a_label_avoids_what_is_already_taken_and_overlaps_least_when_it_cannot(
     note = (0, 0, 120, 24)  # the corner note
     (x, y), = place_labels([(0, 10, 50, 60)], [(40, 20)], 256, 256, [note])
     assert _overlap((x, y, x + 40, y + 20), note) == 0
+
+
+def test_one_threshold_per_class():
+    import torch
+
+    from detectron2.structures import Boxes, Instances
+
+    from mutual_guide.utils.drawing import above_threshold
+
+    instances = Instances((10, 10), pred_boxes=Boxes(torch.zeros(4, 4)), scores=torch.tensor([0.7, 0.4, 0.3, 0.2]),
+                          pred_classes=torch.tensor([0, 0, 1, 1]))
+    assert above_threshold(instances, 0.35).scores.tolist() == pytest.approx([0.7, 0.4])
+    assert above_threshold(instances, [0.5, 0.25]).scores.tolist() == pytest.approx([0.7, 0.3])

@@ -37,7 +37,7 @@ from mutual_guide.evaluation.report import (
     RECALL_GRID,
     ClassResults,
     F1_SCORE_FLOOR,
-    best_f1_threshold,
+    best_f1_thresholds,
     confusion_matrix,
     interpolated_precision,
     write_evaluation_report,
@@ -155,9 +155,9 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             _voc_images(predictions, truth, self._report_score_thresh), len(self._class_names), 0.5,
             self._report_score_thresh,
         )
-        best_f1 = best_f1_threshold(_voc_images(predictions, truth, F1_SCORE_FLOOR))
+        best_f1, per_class = best_f1_thresholds(_voc_images(predictions, truth, F1_SCORE_FLOOR), len(self._class_names))
         write_evaluation_report(self._report_dir, self._dataset_name, results, confusion, self._report_score_thresh,
-                                best_f1=best_f1)
+                                best_f1=best_f1, best_f1_per_class=per_class)
 
     def _ground_truth_records(self):
         """The checked records; for a VOC dataset registered with detectron2's loader (which drops
@@ -353,9 +353,9 @@ class COCOEvaluatorWithConvention(COCOEvaluator):
         dt = coco_eval.cocoDt if coco_eval is not None else None
         confusion = confusion_matrix(_coco_images(gt, dt, img_ids, contiguous, self._report_score_thresh),
                                      len(cat_ids), 0.5, self._report_score_thresh)
-        best_f1 = best_f1_threshold(_coco_images(gt, dt, img_ids, contiguous, F1_SCORE_FLOOR))
+        best_f1, per_class = best_f1_thresholds(_coco_images(gt, dt, img_ids, contiguous, F1_SCORE_FLOOR), len(cat_ids))
         write_evaluation_report(self._report_dir, self._dataset_name, results, confusion, self._report_score_thresh,
-                                best_f1=best_f1)
+                                best_f1=best_f1, best_f1_per_class=per_class)
 
 
 def _coco_ignored(ann):

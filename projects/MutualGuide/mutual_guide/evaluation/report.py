@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from mutual_guide.utils.atomic_io import AtomicFile
 
-__all__ = ["RECALL_GRID", "best_f1_threshold", "ClassResults", "confusion_matrix", "interpolated_precision", "write_evaluation_report"]
+__all__ = ["RECALL_GRID", "best_f1_threshold", "best_f1_thresholds", "ClassResults", "confusion_matrix", "interpolated_precision", "write_evaluation_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,14 @@ def best_f1_threshold(images, iou_threshold=0.5, floor=F1_SCORE_FLOOR):
     2 TP / (2 TP + FP + FN) over the predictions scoring at least t. `images` is `confusion_matrix`'s input.
     Returns {"score", "f1", "precision", "recall"}, or None when there is no ground truth or no prediction.
     """
-    scores, hits, num_truth = [], [], 0
+    return best_f1_thresholds(images, 0, iou_threshold, floor)[0]
+
+
+def best_f1_thresholds(images, num_classes, iou_threshold=0.5, floor=F1_SCORE_FLOOR):
+    """`best_f1_threshold` over all classes, and the same for each of `num_classes` classes alone: (all, [per class])."""
+    classes, scores, hits = [], [], []
+    truth = np.zeros(max(num_classes, 1), dtype=np.int64)
+    num_truth = 0
     for image in images:
         pred_scores = np.asarray(image["pred_scores"], dtype=np.float64)
         keep = pred_scores >= floor
@@ -146,6 +153,8 @@ def best_f1_threshold(images, iou_threshold=0.5, floor=F1_SCORE_FLOOR):
         ignore = np.asarray(image["gt_ignore"], dtype=bool)
         ious = np.asarray(image["ious"], dtype=np.float64).reshape(len(keep), len(gt_classes))[keep]
         num_truth += int((~ignore).sum())
+        if num_classes:
+            np.add.at(truth, gt_classes[~ignore], 1)
         taken = np.zeros(len(gt_classes), dtype=bool)
         for d in np.argsort(-pred_scores, kind="stable"):
             candidates = (gt_classes == pred_classes[d]) & ~taken & (ious[d] >= iou_threshold)
@@ -154,12 +163,19 @@ def best_f1_threshold(images, iou_threshold=0.5, floor=F1_SCORE_FLOOR):
                 taken[g] = True
                 if ignore[g]:
                     continue
+            classes.append(pred_classes[d])
             scores.append(pred_scores[d])
             hits.append(bool(candidates.any()))
-    if num_truth == 0 or not scores:
+    classes, scores, hits = np.asarray(classes, dtype=np.int64), np.asarray(scores), np.asarray(hits, dtype=bool)
+    per_class = [_best_f1(scores[classes == k], hits[classes == k], int(truth[k])) for k in range(num_classes)]
+    return _best_f1(scores, hits, num_truth), per_class
+
+
+def _best_f1(scores, hits, num_truth):
+    if num_truth == 0 or len(scores) == 0:
         return None
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    ranked, tp = np.asarray(scores)[order], np.cumsum(np.asarray(hits)[order])
+    order = np.argsort(-scores, kind="stable")
+    ranked, tp = scores[order], np.cumsum(hits[order])
     fp = np.arange(1, len(ranked) + 1) - tp
     f1 = 2 * tp / (2 * tp + fp + (num_truth - tp))
     # a threshold keeps every prediction of its score: only the last of a run of equal scores is a cut
@@ -196,11 +212,11 @@ def left_out_of_mean(results):
 
 
 def write_evaluation_report(folder, dataset_name, results, confusion, score_threshold, iou_threshold=0.5,
-                            best_f1=None):
+                            best_f1=None, best_f1_per_class=None):
     """
     Log the per-class table and write per_class.json, pr_curve.png and confusion_matrix.png into `folder`
-    (created). `confusion` is `confusion_matrix`'s output for the same classes; `best_f1`, `best_f1_threshold`'s
-    (the threshold demo.py draws with by default). Returns the three paths.
+    (created). `confusion` is `confusion_matrix`'s output for the same classes; `best_f1` and `best_f1_per_class`,
+    `best_f1_thresholds`' (the thresholds demo.py draws with by default). Returns the three paths.
     """
     from mutual_guide.evaluation.plots import (  # matplotlib only when a report is drawn
         plot_confusion_matrix,
@@ -226,6 +242,9 @@ def write_evaluation_report(folder, dataset_name, results, confusion, score_thre
         "mean_over": results.mean_over,
         "left_out_of_mean": left_out_of_mean(results),
         "best_f1": best_f1,
+        "best_f1_per_class": {
+            name: best for name, best in zip(results.names, best_f1_per_class or [None] * len(results.names))
+        },
         "confusion_matrix": {
             "iou_threshold": iou_threshold,
             "score_threshold": score_threshold,

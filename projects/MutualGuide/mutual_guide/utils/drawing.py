@@ -12,13 +12,14 @@ photo drawn whole would need some 16 GB). Labels start at 14 points on the drawi
 
 import cv2
 import numpy as np
+import torch
 
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
 from mutual_guide.utils.detectron2_compat import set_visualizer_font_size, visualizer_font_size
 
-__all__ = ["MAX_DRAWING_SIDE", "PALETTE", "class_labels", "draw_boxes", "draw_predictions", "place_labels"]
+__all__ = ["MAX_DRAWING_SIDE", "PALETTE", "above_threshold", "class_labels", "draw_boxes", "draw_predictions", "place_labels"]
 
 MAX_DRAWING_SIDE = 2048
 MIN_DRAWING_WIDTH = 512
@@ -114,14 +115,21 @@ def draw_boxes(image_rgb, boxes, classes, metadata, labels=None, min_width=MIN_D
     return visualizer.output.get_image()
 
 
+def above_threshold(instances, score_thresh):
+    """The predictions scoring at least `score_thresh`: one number, or one per class (a sequence indexed by class)."""
+    if isinstance(score_thresh, (int, float)):
+        return instances[instances.scores >= score_thresh]
+    per_class = torch.as_tensor(list(score_thresh), dtype=instances.scores.dtype, device=instances.scores.device)
+    return instances[instances.scores >= per_class[instances.pred_classes]]
+
+
 def draw_predictions(image_bgr, instances, metadata, score_thresh, min_width=MIN_DRAWING_WIDTH, note=None):
     """
-    Draw the predictions scoring at least `score_thresh` on a BGR image, labelled "class 87%", the best first;
+    Draw the predictions scoring at least `score_thresh` (one number, or one per class) on a BGR image, labelled "class 87%", the best first;
     returns the BGR drawing (sized as the module docstring says). Class names come from
     `metadata.thing_classes`. `note` (e.g. how the threshold was chosen) goes in the top-left corner.
     """
-    instances = instances.to("cpu")
-    instances = instances[instances.scores >= score_thresh]
+    instances = above_threshold(instances.to("cpu"), score_thresh)
     instances = instances[instances.scores.argsort(descending=True)]
     classes = instances.pred_classes.tolist()
     labels = class_labels(classes, metadata, instances.scores.tolist())
