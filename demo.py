@@ -325,7 +325,7 @@ def drawing_threshold(args, cfg, num_classes=None):
             content = {}
         overall, per_class = content.get("best_f1"), list((content.get("best_f1_per_class") or {}).values())
         if per_class and all(per_class) and (num_classes is None or len(per_class) == num_classes):
-            return [float(best["score"]) for best in per_class], f"each class's best F1 on {dataset}"
+            return [float(best["score"]) for best in per_class], f"each class's best-F1 score on {dataset}"
         if overall:
             return float(overall["score"]), f"best F1 {overall['f1']:.2f} on {dataset}"
     return DEFAULT_THRESHOLD, "default; no evaluation beside the weights"
@@ -401,7 +401,8 @@ def main(argv=None):
     shown = _describe_threshold(args.confidence_threshold, metadata)
     logger.info(f"Drawing predictions of {shown} ({why})")
     demo = Demo(cfg, args, metadata)
-    demo.note = f"{shown} ({why})"
+    # the corner of a drawing has room for a short note: one threshold, or where the per-class ones come from
+    demo.note = f"{shown} ({why})" if isinstance(args.confidence_threshold, (int, float)) else f"score >= {why}"
     try:
         drawn = demo.images(args.input, args.output) if args.input else run_video(demo, args)
     except FileExistsError as e:

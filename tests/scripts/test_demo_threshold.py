@@ -35,7 +35,7 @@ def test_one_threshold_per_class_when_the_evaluation_has_them(tmp_path):
         "best_f1": {"score": 0.5, **best},
         "best_f1_per_class": {"circle": {"score": 0.6, **best}, "triangle": {"score": 0.25, **best}}}))
     weights = tmp_path / "model_final.pth"
-    assert demo.drawing_threshold(_args(), _cfg(weights), 2) == ([0.6, 0.25], "each class's best F1 on shapes_test")
+    assert demo.drawing_threshold(_args(), _cfg(weights), 2) == ([0.6, 0.25], "each class's best-F1 score on shapes_test")
     # a class without a threshold (no ground truth in the evaluation): the best over all classes for every class
     (tmp_path / "eval" / "shapes_test" / "per_class.json").write_text(json.dumps({
         "best_f1": {"score": 0.5, **best}, "best_f1_per_class": {"circle": {"score": 0.6, **best}, "triangle": None}}))

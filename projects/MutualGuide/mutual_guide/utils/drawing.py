@@ -52,20 +52,23 @@ def place_labels(boxes, sizes, width, height, taken=()):
     """
     Where each label goes: the top-left corner of a `sizes[i]` (w, h) rectangle for box i (XYXY), in the order
     given (the most important first). Each takes the first of: above the box, inside its top, below it (left
-    edge, then right edge) that overlaps no rectangle placed before it nor `taken`, else the one that overlaps
-    least; every rectangle is moved inside the `width` x `height` image.
+    edge, then right edge) that covers neither a label placed before it, nor another box, nor `taken` (e.g. a
+    note); else the one that covers the least of the labels (a label over a label cannot be read), then of the
+    rest (a label over another box is only ambiguous). Every rectangle is moved inside the `width` x `height` image.
     """
-    placed = [tuple(r) for r in taken]
+    placed = []
     corners = []
-    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+    for i, ((x0, y0, x1, y1), (w, h)) in enumerate(zip(boxes, sizes)):
+        others = [tuple(b) for j, b in enumerate(boxes) if j != i] + [tuple(r) for r in taken]
         best = None
         for x, y in ((x0, y0 - h), (x0, y0), (x0, y1), (x1 - w, y0 - h), (x1 - w, y0), (x1 - w, y1)):
             x = min(max(x, 0.0), max(width - w, 0.0))
             y = min(max(y, 0.0), max(height - h, 0.0))
-            overlap = sum(_overlap((x, y, x + w, y + h), r) for r in placed)
-            if best is None or overlap < best[0]:
-                best = (overlap, x, y)
-            if overlap == 0:
+            rect = (x, y, x + w, y + h)
+            cost = (sum(_overlap(rect, r) for r in placed), sum(_overlap(rect, b) for b in others))
+            if best is None or cost < best[0]:
+                best = (cost, x, y)
+            if cost == (0, 0):
                 break
         _, x, y = best
         placed.append((x, y, x + w, y + h))
