@@ -78,7 +78,7 @@ def _after_evaluation(hook, **metrics):
 
 
 def test_an_unknown_metric_is_logged_with_the_ones_that_exist(logged):
-    messages = logged("detectron2.engine.hooks")
+    messages = logged("mutual_guide.engine.hooks")
     saved = _Saved()
     hook = BestModelCheckpointer(10, saved, "bbox/AP_50")
     _after_evaluation(hook, **{"bbox/AP": 30.0, "bbox/AP50": 50.0, "bbox/AP75": 25.0})

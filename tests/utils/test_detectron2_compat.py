@@ -117,6 +117,15 @@ def test_last_evaluation_results_are_what_defaulttrainers_evaluation_returned(ma
     assert compat.last_evaluation_results(trainer) is results
 
 
+def test_registered_hooks_are_the_trainers_in_their_order():
+    from detectron2.engine import HookBase, TrainerBase
+
+    trainer = TrainerBase()
+    first, second = HookBase(), HookBase()
+    trainer.register_hooks([first, None, second])
+    assert compat.registered_hooks(trainer) == [first, second]
+
+
 def test_ddp_without_device_ids_passes_none_and_restores_create_ddp_model(monkeypatch):
     received = []
     original = lambda model, **kwargs: received.append(kwargs) or model  # noqa: E731

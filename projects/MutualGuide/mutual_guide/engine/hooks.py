@@ -38,7 +38,7 @@ class BestModelCheckpointer(BestCheckpointer):
         if best_checkpointer_metric(self) not in latest:
             # evaluation results are stored flattened as "<task>/<metric>"; training scalars have no "/"
             available = sorted(k for k in latest if "/" in k) or sorted(latest)
-            self._logger.warning(
+            logger.warning(
                 "TEST.BEST_METRIC %r is not among the evaluation results, so no model_best.pth is kept. "
                 "Metrics that exist: %s",
                 best_checkpointer_metric(self),

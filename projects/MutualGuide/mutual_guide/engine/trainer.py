@@ -22,7 +22,7 @@ from mutual_guide.evaluation import build_dataset_evaluator
 from mutual_guide.modeling.backbone import load_pretrained_backbone
 from mutual_guide.solver import build_lr_scheduler
 from mutual_guide.utils.atomic_io import AtomicJSONWriter, remove_stale_temporaries
-from mutual_guide.utils.detectron2_compat import ddp_without_device_ids, last_evaluation_results
+from mutual_guide.utils.detectron2_compat import ddp_without_device_ids, last_evaluation_results, registered_hooks
 
 __all__ = ["Trainer", "load_imagenet_backbone"]
 
@@ -114,7 +114,7 @@ class Trainer(DefaultTrainer):
     def after_step(self):
         """The hooks after an iteration; then, if one of them asks (`stop_training`), the end of training."""
         super().after_step()
-        if any(getattr(h, "stop_training", False) for h in self._hooks):
+        if any(getattr(h, "stop_training", False) for h in registered_hooks(self)):
             raise StopTraining
 
     def train(self):

@@ -25,6 +25,7 @@ __all__ = [
     "ema_update",
     "init_json_writer",
     "last_evaluation_results",
+    "registered_hooks",
     "set_visualizer_font_size",
     "transpose_dense_predictions",
     "visualizer_font_size",
@@ -79,6 +80,11 @@ def init_json_writer(writer, file_handle, window_size: int) -> None:
 def best_checkpointer_metric(hook) -> str:
     """The metric a BestCheckpointer tracks."""
     return hook._val_metric
+
+
+def registered_hooks(trainer):
+    """The hooks of a detectron2 trainer, in the order they run (TrainerBase keeps them in `_hooks`)."""
+    return list(trainer._hooks)
 
 
 def last_evaluation_results(trainer):
