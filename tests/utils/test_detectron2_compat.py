@@ -154,3 +154,11 @@ def test_overridden_private_method_exists_with_its_parameters(cls, method, param
     assert callable(getattr(cls, method, None)), f"detectron2's {cls.__name__} has no {method} any more"
     names = tuple(inspect.signature(getattr(cls, method)).parameters)
     assert names[0] == "self" and names[1:] == parameters
+
+
+@pytest.mark.parametrize("cls, method, attributes", compat.INHERITED_PRIVATE_ATTRIBUTES,
+                         ids=lambda x: getattr(x, "__name__", str(x)))
+def test_inherited_private_attribute_is_still_set_where_we_expect_it(cls, method, attributes):
+    source = inspect.getsource(getattr(cls, method))
+    for name in attributes:
+        assert f"self.{name} =" in source, f"{cls.__name__}.{method} no longer sets self.{name}"

@@ -2,8 +2,8 @@
 Every private name of detectron2 this project relies on, in one place.
 
 detectron2 does not promise to keep names that start with an underscore. Each one used here is either reached
-through a function of this module, or (for private methods our subclasses override) listed in
-`OVERRIDDEN_PRIVATE_METHODS`. tests/utils/test_detectron2_compat.py checks each against the installed
+through a function of this module, or (for private methods our subclasses override, and private attributes
+they read) listed in `OVERRIDDEN_PRIVATE_METHODS` and `INHERITED_PRIVATE_ATTRIBUTES`. tests/utils/test_detectron2_compat.py checks each against the installed
 detectron2, so an upgrade that renames or changes one fails there, by name, rather than deep inside a run.
 """
 import contextlib
@@ -12,11 +12,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.engine import defaults as _engine_defaults
 from detectron2.engine.hooks import BestCheckpointer
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.utils.events import JSONWriter
 
 __all__ = [
+    "INHERITED_PRIVATE_ATTRIBUTES",
     "OVERRIDDEN_PRIVATE_METHODS",
     "best_checkpointer_metric",
     "builtin_coco_metadata",
@@ -38,6 +39,15 @@ OVERRIDDEN_PRIVATE_METHODS = (
     (COCOEvaluator, "_derive_coco_results", ("coco_eval", "iou_type", "class_names")),  # evaluation/evaluators.py
     (BestCheckpointer, "_best_checking", ()),  # engine/hooks.py
     (DetectionCheckpointer, "_load_model", ("checkpoint",)),  # checkpoint/checkpointer.py
+)
+
+
+# (class, method, private attributes it sets): attributes of detectron2 evaluators that our subclasses read
+# (evaluation/evaluators.py). If detectron2 renames one, our evaluator would fail or read stale state.
+INHERITED_PRIVATE_ATTRIBUTES = (
+    (COCOEvaluator, "__init__", ("_coco_api", "_metadata")),
+    (COCOEvaluator, "evaluate", ("_results",)),
+    (PascalVOCDetectionEvaluator, "reset", ("_predictions",)),
 )
 
 
