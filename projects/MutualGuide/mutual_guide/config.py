@@ -58,6 +58,10 @@ def add_mutual_guide_config(cfg):
     # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
     # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
     _C.MODEL.MUTUAL_GUIDE.FINETUNE = False
+    # Every this many iterations, what the assignment gave each object (positives of each task per object, their
+    # overlap, objects left without any, by size) goes to metrics.json and TensorBoard, and a summary of the run to
+    # OUTPUT_DIR/assignment_stats.json (modeling/assignment_stats.py); 0: never, and nothing is computed.
+    _C.MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD = 0
     # Best (anchor, class) pairs of each pyramid level kept per image before NMS (detectron2 RetinaNet's
     # TOPK_CANDIDATES_TEST); <= 0 keeps every pair above the score threshold, as the paper's code.
     _C.TEST.TOPK_CANDIDATES = 1000

@@ -1,12 +1,18 @@
 """Training hooks beside detectron2's."""
+import json
 import logging
+import math
+import os
 
 import detectron2.utils.comm as comm
 from detectron2.engine.hooks import BestCheckpointer, HookBase
 
+from mutual_guide.modeling.assignment_stats import SIZE_BINS, STATISTICS
+from mutual_guide.utils.atomic_io import write_atomically
 from mutual_guide.utils.detectron2_compat import best_checkpointer_metric
+from mutual_guide.utils.events import wait_for_background_scalars
 
-__all__ = ["BestModelCheckpointer", "EarlyStopping", "StopTraining"]
+__all__ = ["AssignmentStatsSummary", "BestModelCheckpointer", "EarlyStopping", "StopTraining"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +129,35 @@ class _Attributes:
     def load_state_dict(self, state):
         for name in self._names:
             setattr(self._owner, name, state[name])
+
+
+class AssignmentStatsSummary(HookBase):
+    """
+    At the end of training, the mean over the run of each assignment statistic the detector put into the storage
+    (MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD, modeling/assignment_stats.py): logged as a table and written to
+    OUTPUT_DIR/assignment_stats.json. Steps where a size had no object (NaN) are left out of that size's means.
+    """
+
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
+
+    def after_train(self):
+        if not comm.is_main_process():
+            return
+        wait_for_background_scalars()  # the last step's values may still be on their way to the storage
+        means = {}
+        for size in SIZE_BINS:
+            for name in STATISTICS:
+                key = f"assignment/{size}/{name}"
+                if key not in self.trainer.storage.histories():
+                    continue
+                values = [v for v, _ in self.trainer.storage.history(key).values() if math.isfinite(v)]
+                means.setdefault(size, {})[name] = sum(values) / len(values) if values else None
+        if not means:
+            return
+        rows = [f"| {size} | " + " | ".join("-" if means[size].get(n) is None else f"{means[size][n]:.3g}"
+                                            for n in STATISTICS) + " |" for size in means]
+        logger.info("Assignment over the run (means of the steps measured):\n| size | " + " | ".join(STATISTICS)
+                    + " |\n" + "\n".join(rows))
+        write_atomically(os.path.join(self.output_dir, "assignment_stats.json"),
+                         json.dumps({"means_over_steps": means}, indent=1).encode())

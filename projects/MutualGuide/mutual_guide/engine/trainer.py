@@ -15,7 +15,7 @@ from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
 from mutual_guide.data import build_dataset_mapper, build_test_transform
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine.devices import check_amp_supported, convert_sync_batchnorm
-from mutual_guide.engine.hooks import BestModelCheckpointer, EarlyStopping, StopTraining
+from mutual_guide.engine.hooks import AssignmentStatsSummary, BestModelCheckpointer, EarlyStopping, StopTraining
 from mutual_guide.engine.preflight import check_num_classes
 from mutual_guide.engine.slicing import SlicedDetector
 from mutual_guide.evaluation import build_dataset_evaluator
@@ -77,7 +77,8 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         """
         detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation, and
-        with TEST.EARLY_STOP_PATIENCE > 0, early stopping (hooks.EarlyStopping).
+        with TEST.EARLY_STOP_PATIENCE > 0, early stopping (hooks.EarlyStopping); with
+        MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD > 0, the run's assignment summary (hooks.AssignmentStatsSummary).
         """
         # DefaultTrainer.__init__ makes a DetectionCheckpointer right before it calls this, and the checkpointing
         # hooks keep the one they are given: ours (weights must fit the network, or FINETUNE) replaces it first.
@@ -85,6 +86,8 @@ class Trainer(DefaultTrainer):
             self.model, self.cfg.OUTPUT_DIR, finetune=self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
         )
         ret = super().build_hooks()
+        if self.cfg.MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD > 0:
+            ret.append(AssignmentStatsSummary(self.cfg.OUTPUT_DIR))
         if not (self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST)):
             return ret
         # right after the evaluation that stores the metric

@@ -4,7 +4,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-__all__ = ["put_scalars_in_background"]
+__all__ = ["put_scalars_in_background", "wait_for_background_scalars"]
 
 _BACKGROUND_WRITER = None
 
@@ -27,3 +27,9 @@ def put_scalars_in_background(storage, names: Sequence[str], values: Tensor) -> 
             storage.put_scalar(name, value, cur_iter=iteration)
 
     _BACKGROUND_WRITER.submit(put)
+
+
+def wait_for_background_scalars() -> None:
+    """Returns once every value handed to `put_scalars_in_background` so far is in its EventStorage."""
+    if _BACKGROUND_WRITER is not None:
+        _BACKGROUND_WRITER.submit(lambda: None).result()

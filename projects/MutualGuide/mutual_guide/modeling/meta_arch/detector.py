@@ -24,6 +24,7 @@ from mutual_guide.modeling.anchors import (
     num_levels_for,
 )
 from mutual_guide.modeling.assignment import AnchorMatcher, build_anchor_matcher, pad_ground_truth
+from mutual_guide.modeling.assignment_stats import assignment_statistics, statistic_names
 from mutual_guide.modeling.batching import GroundTruth, batch_ground_truth, batch_images
 from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
 from mutual_guide.modeling.head import MutualGuideHead
@@ -81,6 +82,7 @@ class MutualGuideDetector(DenseDetector):
         channels_last: bool = False,
         vis_period: int = 0,
         vis_class_names: Sequence[str] = (),
+        assignment_stats_period: int = 0,
     ):
         """
         Args:
@@ -103,6 +105,8 @@ class MutualGuideDetector(DenseDetector):
             vis_period: every this many iterations, a few training images with the anchors each task trains on
                 go to the EventStorage (`training_samples.py`); 0: never.
             vis_class_names: class names written on those images' ground truth (ids when empty).
+            assignment_stats_period: every this many iterations, what the assignment gave each object goes to the
+                EventStorage (`assignment_stats.py`); 0: never.
         """
         super().__init__(backbone, head, head_in_features=None, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if input_size % 64 != 0:
@@ -129,6 +133,7 @@ class MutualGuideDetector(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.vis_period = vis_period
         self.vis_class_names = tuple(vis_class_names)
+        self.assignment_stats_period = assignment_stats_period
         self.anchor_base_size = anchor_base_size
         num_levels = num_levels_for(input_size)
         self.num_anchors_per_level = anchors_per_level(input_size, num_levels)
@@ -182,6 +187,7 @@ class MutualGuideDetector(DenseDetector):
             "channels_last": torch.device(cfg.MODEL.DEVICE).type in mg.CHANNELS_LAST_DEVICES,
             "vis_period": cfg.VIS_PERIOD,
             "vis_class_names": training_class_names(cfg),
+            "assignment_stats_period": mg.ASSIGNMENT_STATS_PERIOD,
         }
 
     def _apply(self, fn, *args, **kwargs):
@@ -323,6 +329,9 @@ class MutualGuideDetector(DenseDetector):
         positive = (labels.cls_labels >= 0) & (labels.cls_labels < self.num_classes)
         counts = torch.stack([positive.sum(), labels.reg_mask.sum()]) / len(logits)
         put_scalars_in_background(storage, ("num_cls_positives", "num_reg_positives"), counts)
+        if self.assignment_stats_period > 0 and storage.iter % self.assignment_stats_period == 0:
+            stats = assignment_statistics(labels, gt.boxes, gt.valid, self.num_classes)
+            put_scalars_in_background(storage, statistic_names(), stats)
         if images is not None and self.vis_period > 0 and storage.iter % self.vis_period == 0:
             put_training_samples(
                 storage, images, self.pixel_mean, self.pixel_std, gt, labels, self.anchors, self.num_classes,
