@@ -169,6 +169,9 @@ def _load_in_each_process(path, output_dir, cfg):
     target = noisy_detector(cfg, seed=100 + comm.get_rank())
     MutualGuideCheckpointer(target, finetune=True).load(path)
     torch.save(target.head.conf.state_dict(), os.path.join(output_dir, f"conf_rank{comm.get_rank()}.pth"))
+    if torch.distributed.is_initialized():  # gloo's threads end before the process does (an abort otherwise)
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -46,6 +46,9 @@ def _train(argv, output_dir):
     trainer.train()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     torch.save(params, os.path.join(output_dir, f"params_rank{comm.get_rank()}_of{comm.get_world_size()}.pth"))
+    if torch.distributed.is_initialized():  # gloo's threads end before the process does (an abort otherwise)
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
 
 
 def _last_loss(output_dir):

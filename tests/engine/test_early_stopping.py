@@ -123,6 +123,9 @@ def _train_in_process(args, output_dir):
     trainer.train()
     with open(os.path.join(output_dir, f"stopped_rank{comm.get_rank()}"), "w") as f:
         f.write(f"{trainer.iter} {sorted(trainer.evaluated)}")
+    if torch.distributed.is_initialized():  # gloo's threads end before the process does (an abort otherwise)
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
