@@ -463,3 +463,23 @@ def nasty_dataset(tmp_path, write_voc, voc_object):
         json.dump(coco, f)
     return {"voc_root": root, "voc_classes": "circle,square,triangle", "json_file": json_file,
             "image_root": images, "files": files}
+
+
+@pytest.fixture(scope="session")
+def randomize_batchnorm():
+    """randomize_batchnorm(model, seed=0) -> model: non-trivial BatchNorm statistics and affine parameters, so that
+    no BatchNorm is close to an identity (what folding and key conversion must then keep exactly)."""
+
+    def randomize(model, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+        return model
+
+    return randomize
+

@@ -8,19 +8,6 @@ from mutual_guide.checkpoint import CheckpointMismatchError, MutualGuideCheckpoi
 from mutual_guide.checkpoint.paper_keys import convert_paper_state_dict, to_paper_state_dict
 
 
-def randomize_batchnorm(model, seed=0):
-    """Non-trivial BN statistics and affine parameters, so that BN is not close to an identity."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model
-
-
 def test_convert_paper_state_dict_round_trip_and_idempotent(make_cfg):
     sd = build_model(make_cfg("ShuffleNetV2", "SSD", 320)).state_dict()
     assert list(convert_paper_state_dict(sd)) == list(sd)
@@ -31,7 +18,7 @@ def test_convert_paper_state_dict_round_trip_and_idempotent(make_cfg):
     assert list(convert_paper_state_dict({"model": paper})) == list(sd)
 
 
-def test_paper_checkpoint_loads_with_identical_outputs(tmp_path, make_cfg):
+def test_paper_checkpoint_loads_with_identical_outputs(tmp_path, make_cfg, randomize_batchnorm):
     torch.manual_seed(0)
     source = randomize_batchnorm(build_model(make_cfg("ShuffleNetV2", "PAFPN", 320))).eval()
     path = tmp_path / "paper.pth"

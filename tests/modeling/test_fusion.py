@@ -19,18 +19,6 @@ def make_model(make_cfg):
     return build
 
 
-def randomize_batchnorm(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model
-
-
 def count_bn(model):
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
@@ -40,7 +28,7 @@ def relative_error(a, b):
 
 
 @pytest.mark.slow
-def test_fold_batchnorm_keeps_detector_outputs(make_model):
+def test_fold_batchnorm_keeps_detector_outputs(make_model, randomize_batchnorm):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 64)
     for backbone, neck in [("ResNet18", "PAFPN"), ("ShuffleNetV2", "RFB")]:
@@ -64,7 +52,7 @@ def test_fold_batchnorm_leaves_training_batchnorm_alone(make_model):
 
 
 @pytest.mark.slow
-def test_fuse_repvgg_blocks_keeps_outputs_and_matches_deploy_build():
+def test_fuse_repvgg_blocks_keeps_outputs_and_matches_deploy_build(randomize_batchnorm):
     torch.manual_seed(0)
     backbone = randomize_batchnorm(RepVGGBackbone()).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -85,7 +73,7 @@ def test_fuse_repvgg_blocks_keeps_outputs_and_matches_deploy_build():
         assert torch.equal(deploy(x)["s16"], after["s16"])
 
 
-def test_repvgg_block_identity_branch_fuses():
+def test_repvgg_block_identity_branch_fuses(randomize_batchnorm):
     block = randomize_batchnorm(RepVGGBlock(16, 16, stride=1)).eval()
     assert block.rbr_identity is not None
     x = torch.randn(1, 16, 9, 9)
@@ -98,7 +86,7 @@ def test_repvgg_block_identity_branch_fuses():
 
 
 @pytest.mark.slow
-def test_fuse_for_inference_on_repvgg_detector(make_model):
+def test_fuse_for_inference_on_repvgg_detector(make_model, randomize_batchnorm):
     torch.manual_seed(0)
     model = randomize_batchnorm(make_model("RepVGG", "FPN")).eval()
     x = torch.randn(1, 3, 64, 64)
