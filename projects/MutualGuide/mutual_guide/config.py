@@ -19,17 +19,25 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.BACKBONE.PRETRAINED = ""
     # Train-time RepVGG blocks (3x3 + 1x1 + identity branches) or deploy-time fused 3x3 convs.
     _C.MODEL.BACKBONE.REPVGG_DEPLOY = False
+    # Width/depth variant of the 2023 network's backbones (CSPDarknet "0.5x"/"0.75x", ShuffleNetV2_2023 "1.0x"/"1.5x",
+    # RepVGG2023 "A0"); "" for ResNet2023 and the 2020 network's backbones, which have one variant each.
+    _C.MODEL.BACKBONE.VERSION = ""
 
     _C.MODEL.NECK = CN()
-    _C.MODEL.NECK.NAME = "FPN"  # one of SSD, FPN, PAFPN, RFB (NECK_REGISTRY)
+    _C.MODEL.NECK.NAME = "FPN"  # one of SSD, FPN, PAFPN, RFB; SSD2023, FPN2023, PAFPN2023 (NECK_REGISTRY)
     _C.MODEL.NECK.OUT_CHANNELS = 128  # channels of every pyramid level
+    # Conv unit of the 2023 network's neck and head: "basic" (conv-BN-SiLU) or "depthwise" (5x5 depthwise + 1x1)
+    _C.MODEL.NECK.CONV_BLOCK = "basic"
 
     _C.MODEL.MUTUAL_GUIDE = CN()
+    # "mg2020": the paper's network (code at fd2c4cc); "mg2023": the authors' later one (code at 108b4a8), with its
+    # necks (NECK.NAME *2023), conv-unit + 1x1 heads, backbone maps at strides 16/32 and anchors from stride 16.
+    _C.MODEL.MUTUAL_GUIDE.NETWORK = "mg2020"
     # True: mutual guidance assignment; False: the IoU baseline (MutualGuideRetinaNet: detectron2's RetinaNet)
     _C.MODEL.MUTUAL_GUIDE.ENABLED = True
     # object classes, without background (MutualGuideRetinaNet reads MODEL.RETINANET.NUM_CLASSES, equal to this)
     _C.MODEL.MUTUAL_GUIDE.NUM_CLASSES = 80
-    _C.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE = 24.0  # anchor side at stride 8; level k uses BASE * 2**k
+    _C.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE = 24.0  # anchor side at the first level; level k uses BASE * 2**k
     # below the first: negative; at or above the second: positive (MutualGuideRetinaNet: MODEL.RETINANET's)
     _C.MODEL.MUTUAL_GUIDE.IOU_THRESHOLDS = [0.4, 0.5]
     # What an ignored anchor leaves out of the classification loss: "anchor", all its class scores (the paper's

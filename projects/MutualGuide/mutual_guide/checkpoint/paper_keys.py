@@ -2,7 +2,10 @@
 
 The authors' `Detector` has top-level `backbone.*`, `neck.*`, `loc.<k>.*` and `conf.<k>.*`; ours keeps the
 backbone and neck names and moves the two conv lists into `head`. Backbone and neck parameter names are
-identical by construction, so only the head prefixes change.
+identical by construction, so only the head prefixes change. The same holds for their 2023 network (code at
+108b4a8), whose files add two things dropped here: the distillation branch `dist.*`, and in RepVGG-A0 files the
+stale branches of the blocks their code switched to deploy form when building (`rbr_reparam` beside
+`rbr_dense` / `rbr_1x1` / `rbr_identity` of one block: the fused conv is what ran and trained).
 
 The conversion runs in one place: `rename_paper_keys`, a load_state_dict pre-hook that MutualGuideDetector
 registers on itself. detectron2 converts its own legacy formats in its checkpointer's `_load_file`, but a
@@ -22,14 +25,19 @@ _HEAD_PREFIXES = ("loc.", "conf.")
 def convert_paper_state_dict(sd: Dict) -> Dict:
     """
     The authors' state dict in our names: unwraps {"model": ...} / {"state_dict": ...}, strips DataParallel's
-    leading `module.`, drops their distillation tensors (keys containing "dist"), renames `loc.*` -> `head.loc.*`
-    and `conf.*` -> `head.conf.*`. Our own keys come back unchanged, so converting twice is converting once.
+    leading `module.`, drops their distillation tensors (keys containing "dist") and the training branches of
+    RepVGG blocks that also have `rbr_reparam`, renames `loc.*` -> `head.loc.*` and `conf.*` -> `head.conf.*`. Our own keys come back unchanged, so converting twice is converting once.
     """
     out = {}
-    for key, value in unwrap_state_dict(sd).items():
+    sd = unwrap_state_dict(sd)
+    fused = {k[: -len(".rbr_reparam.weight")] for k in sd if k.endswith(".rbr_reparam.weight")}
+    for key, value in sd.items():
         if "dist" in key:
             # the authors' distillation-time tensors, which their own test script drops before loading
             continue
+        block, _, rest = key.partition(".rbr_")
+        if rest and block in fused and not rest.startswith("reparam."):
+            continue  # a RepVGG block's unused training branches beside its deploy-form conv
         if key.startswith(_HEAD_PREFIXES):
             key = "head." + key
         out[key] = value

@@ -1,6 +1,7 @@
 """Backbones of the authors' detector, registered in detectron2's BACKBONE_REGISTRY.
 
-Each returns two maps, {"s8": stride 8, "s16": stride 16}. Module names equal the authors' (and, for the
+Each returns two maps, {"s8": stride 8, "s16": stride 16}; those of the 2023 network (the authors' code at
+108b4a8: CSPDarknet, ResNet2023, RepVGG2023, ShuffleNetV2_2023) {"s16": stride 16, "s32": stride 32}. Module names equal the authors' (and, for the
 ImageNet parts, torchvision's or RepVGG's official ones), so both kinds of checkpoints load by name.
 """
 import os
@@ -19,17 +20,17 @@ __all__ = ["TwoMapBackbone", "load_pretrained_backbone"]
 
 class TwoMapBackbone(Backbone):
     """
-    Base of the four backbones: `forward(x)` returns {"s8": ..., "s16": ...} from `features(x)`.
+    Base of the backbones: `forward(x)` returns {"s8": ..., "s16": ...} (or the `strides` given) from `features(x)`.
 
     Subclasses define `features(x) -> (s8, s16)`, `stages()` (the units `freeze` counts), `imagenet_to_ours(sd)`
     (rename an ImageNet classifier's state dict to ours, dropping its classifier) and `torchvision_state_dict()`.
     """
 
-    def __init__(self, channels: Sequence[int]):
+    def __init__(self, channels: Sequence[int], strides: Sequence[int] = (8, 16)):
         super().__init__()
-        self._out_features = ["s8", "s16"]
-        self._out_feature_channels = {"s8": channels[0], "s16": channels[1]}
-        self._out_feature_strides = {"s8": 8, "s16": 16}
+        self._out_features = [f"s{s}" for s in strides]
+        self._out_feature_channels = dict(zip(self._out_features, channels))
+        self._out_feature_strides = dict(zip(self._out_features, strides))
         self._freeze_at = 0
 
     def features(self, x: Tensor):
@@ -74,8 +75,7 @@ class TwoMapBackbone(Backbone):
         return self
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        s8, s16 = self.features(x)
-        return {"s8": s8, "s16": s16}
+        return dict(zip(self._out_features, self.features(x)))
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
@@ -127,4 +127,4 @@ def load_pretrained_backbone(backbone: TwoMapBackbone, name: str, spec: str) -> 
     backbone.load_state_dict(sd, strict=False)  # torchvision's files may lack num_batches_tracked
 
 
-from mutual_guide.modeling.backbone import repvgg, resnet, shufflenet, vgg  # noqa: E402,F401  (register the backbones)
+from mutual_guide.modeling.backbone import cspdarknet, repvgg, resnet, shufflenet, vgg  # noqa: E402,F401  (register the backbones)

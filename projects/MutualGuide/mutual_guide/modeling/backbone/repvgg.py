@@ -10,7 +10,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from mutual_guide.modeling.backbone import TwoMapBackbone, check_input_shape
 
-__all__ = ["RepVGGBlock", "RepVGGBackbone"]
+__all__ = ["RepVGGBlock", "RepVGGBackbone", "RepVGG2023Backbone"]
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> nn.Sequential:
@@ -138,3 +138,73 @@ def RepVGG(cfg, input_shape):
     """Registered as "RepVGG": RepVGG-A2, 384 / 1408 channels at strides 8 / 16; deploy form by REPVGG_DEPLOY."""
     check_input_shape(input_shape, "RepVGG")
     return RepVGGBackbone(deploy=cfg.MODEL.BACKBONE.REPVGG_DEPLOY).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+class RepVGG2023Backbone(TwoMapBackbone):
+    """
+    RepVGG-A0 as the authors' code at 108b4a8 trains it: the classifier's strides (stage0 at stride 2), blocks
+    [1, 2, 4, 14, 1] of widths [48, 48, 96, 192, 1280]; stage3 at stride 16 and stage4 at stride 32.
+
+    `stage0` and `stage1` are in deploy form (one 3x3 conv each): their code, given ImageNet weights, switches
+    those blocks to deploy form when it builds the backbone, and the fused convs then train with the rest (the
+    branches it meant to freeze are no longer used). `deploy=True` puts every block in deploy form.
+    """
+
+    NUM_BLOCKS = (2, 4, 14, 1)
+    WIDTH_MULTIPLIER = (0.75, 0.75, 0.75, 2.5)
+    DEPLOY_STAGES = ("stage0", "stage1")
+
+    def __init__(self, deploy: bool = False):
+        widths = [int(base * m) for base, m in zip((64, 128, 256, 512), self.WIDTH_MULTIPLIER)]
+        super().__init__((widths[2], widths[3]), strides=(16, 32))
+        in_planes = min(64, widths[0])
+        self.stage0 = RepVGGBlock(3, in_planes, stride=2, deploy=True)
+        for i, (planes, blocks) in enumerate(zip(widths, self.NUM_BLOCKS)):
+            stage = []
+            for stride in [2] + [1] * (blocks - 1):
+                stage.append(RepVGGBlock(in_planes, planes, stride=stride, deploy=deploy or i == 0))
+                in_planes = planes
+            setattr(self, f"stage{i + 1}", nn.Sequential(*stage))
+
+    def features(self, x: Tensor):
+        x = self.stage2(self.stage1(self.stage0(x)))
+        s16 = self.stage3(x)
+        return s16, self.stage4(s16)
+
+    def stages(self):
+        """The stem (stage0, one block), then stage1..stage4."""
+        return [[self.stage0], [self.stage1], [self.stage2], [self.stage3], [self.stage4]]
+
+    def imagenet_to_ours(self, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """
+        The official RepVGG-A0-train.pth keys, the classifier `linear.*` dropped; the branches of each block that
+        is in deploy form here are fused into its `rbr_reparam` (`RepVGGBlock.equivalent_kernel_bias`).
+        """
+        sd = {k: v for k, v in sd.items() if not k.startswith("linear.")}
+        for name, block in self.named_modules():
+            if not isinstance(block, RepVGGBlock) or not block.deploy or f"{name}.rbr_dense.conv.weight" not in sd:
+                continue
+            conv = block.rbr_reparam
+            branches = RepVGGBlock(conv.in_channels, conv.out_channels, stride=conv.stride[0])
+            own = {k[len(name) + 1:]: sd.pop(k) for k in list(sd) if k.startswith(name + ".")}
+            branches.load_state_dict(own)
+            branches.eval()
+            kernel, bias = branches.equivalent_kernel_bias()
+            sd[f"{name}.rbr_reparam.weight"], sd[f"{name}.rbr_reparam.bias"] = kernel, bias
+        return sd
+
+    def torchvision_state_dict(self):
+        raise ValueError(
+            "RepVGG has no torchvision ImageNet weights: set MODEL.BACKBONE.PRETRAINED to a local copy of the "
+            "official RepVGG-A0-train.pth"
+        )
+
+
+@BACKBONE_REGISTRY.register()
+def RepVGG2023(cfg, input_shape):
+    """Registered as "RepVGG2023" (2023 network): RepVGG-A0, 192 / 1280 channels at strides 16 / 32, stage0 and
+    stage1 in deploy form (all blocks with REPVGG_DEPLOY). MODEL.BACKBONE.VERSION "A0" (or "")."""
+    check_input_shape(input_shape, "RepVGG2023")
+    if cfg.MODEL.BACKBONE.VERSION not in ("", "A0"):
+        raise ValueError(f"MODEL.BACKBONE.VERSION of RepVGG2023 must be \"A0\", got {cfg.MODEL.BACKBONE.VERSION!r}")
+    return RepVGG2023Backbone(deploy=cfg.MODEL.BACKBONE.REPVGG_DEPLOY).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)

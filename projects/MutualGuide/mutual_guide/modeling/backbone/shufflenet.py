@@ -9,10 +9,12 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from mutual_guide.modeling.backbone import TwoMapBackbone, check_input_shape
 
-__all__ = ["ShuffleNetV2Backbone", "channel_shuffle"]
+__all__ = ["SHUFFLENET_VERSIONS", "ShuffleNetV2Backbone", "channel_shuffle"]
 
 _REPEATS = (4, 8, 4)
 _CHANNELS = (24, 116, 232, 464)
+# MODEL.BACKBONE.VERSION of the 2023 network -> stage widths (torchvision's x1_0 and x1_5)
+SHUFFLENET_VERSIONS = {"1.0x": _CHANNELS, "1.5x": (24, 176, 352, 704)}
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -47,20 +49,29 @@ class ShuffleNetV2Backbone(TwoMapBackbone):
     without the max-pool, `conv5` and the classifier: stage3 (232 channels) at stride 8, stage4 (464) at 16.
     """
 
-    def __init__(self):
-        super().__init__((_CHANNELS[2], _CHANNELS[3]))
+    def __init__(self, version: str = "1.0x", max_pool: bool = False):
+        if version not in SHUFFLENET_VERSIONS:
+            raise ValueError(f"ShuffleNetV2 version must be one of {sorted(SHUFFLENET_VERSIONS)}, got {version!r}")
+        channels = SHUFFLENET_VERSIONS[version]
+        super().__init__((channels[2], channels[3]), strides=(16, 32) if max_pool else (8, 16))
+        self.version = version
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, _CHANNELS[0], 3, 2, 1, bias=False), nn.BatchNorm2d(_CHANNELS[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(3, channels[0], 3, 2, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)
         )
-        in_channels = _CHANNELS[0]
-        for name, repeats, out_channels in zip(("stage2", "stage3", "stage4"), _REPEATS, _CHANNELS[1:]):
+        # the 2023 network keeps torchvision's stem max-pool: stage3 at stride 16, stage4 at 32
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if max_pool else None
+        in_channels = channels[0]
+        for name, repeats, out_channels in zip(("stage2", "stage3", "stage4"), _REPEATS, channels[1:]):
             units = [_InvertedResidual(in_channels, out_channels, 2)]
             units += [_InvertedResidual(out_channels, out_channels, 1) for _ in range(repeats - 1)]
             setattr(self, name, nn.Sequential(*units))
             in_channels = out_channels
 
     def features(self, x: Tensor):
-        x = self.stage2(self.conv1(x))
+        x = self.conv1(x)
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        x = self.stage2(x)
         s8 = self.stage3(x)
         return s8, self.stage4(s8)
 
@@ -74,9 +85,10 @@ class ShuffleNetV2Backbone(TwoMapBackbone):
         return {k: v for k, v in sd.items() if not k.startswith(("conv5.", "fc."))}
 
     def torchvision_state_dict(self):
-        from torchvision.models import ShuffleNet_V2_X1_0_Weights
+        from torchvision.models import ShuffleNet_V2_X1_0_Weights, ShuffleNet_V2_X1_5_Weights
 
-        return ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        weights = {"1.0x": ShuffleNet_V2_X1_0_Weights, "1.5x": ShuffleNet_V2_X1_5_Weights}[self.version]
+        return weights.IMAGENET1K_V1.get_state_dict(progress=False)
 
 
 @BACKBONE_REGISTRY.register()
@@ -84,3 +96,11 @@ def ShuffleNetV2(cfg, input_shape):
     """Registered as "ShuffleNetV2": ShuffleNetV2 1.0x without max-pool, 232 / 464 channels at strides 8 / 16."""
     check_input_shape(input_shape, "ShuffleNetV2")
     return ShuffleNetV2Backbone().freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@BACKBONE_REGISTRY.register()
+def ShuffleNetV2_2023(cfg, input_shape):
+    """Registered as "ShuffleNetV2_2023" (2023 network): ShuffleNetV2 with its max-pool, MODEL.BACKBONE.VERSION
+    "1.0x" (232 / 464 channels) or "1.5x" (352 / 704) at strides 16 / 32."""
+    check_input_shape(input_shape, "ShuffleNetV2_2023")
+    return ShuffleNetV2Backbone(cfg.MODEL.BACKBONE.VERSION, max_pool=True).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -1,7 +1,8 @@
 """The Mutual Guidance detector as a detectron2 meta-architecture.
 
 A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 5-level pyramid) -> head
-(6 anchors per location, per-level convs). What is new is in training: which anchors each task learns from is
+(6 anchors per location, per-level convs). MODEL.MUTUAL_GUIDE.NETWORK "mg2023" selects the authors' later network
+(code at 108b4a8): maps at strides 16 and 32, a 3- or 4-level pyramid, conv unit + 1x1 conv heads. What is new is in training: which anchors each task learns from is
 chosen by the other task's predictions (see `assignment.py`).
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -27,7 +28,7 @@ from mutual_guide.modeling.assignment import AnchorMatcher, build_anchor_matcher
 from mutual_guide.modeling.assignment_stats import assignment_statistics, statistic_names
 from mutual_guide.modeling.batching import GroundTruth, batch_ground_truth, batch_images
 from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
-from mutual_guide.modeling.head import MutualGuideHead
+from mutual_guide.modeling.head import MutualGuideHead, MutualGuideHead2023
 from mutual_guide.modeling.losses import IGNORE_RULES, mutual_guide_losses
 from mutual_guide.modeling.neck import build_neck
 from mutual_guide.modeling.postprocessing import rescale_detections, select_detections
@@ -63,6 +64,7 @@ class MutualGuideDetector(DenseDetector):
         num_classes: int,
         input_size: int,
         anchor_base_size: float = 24.0,
+        network: str = "mg2020",
         anchor_matcher: AnchorMatcher,
         ignore: str = "anchor",
         box2box_transform: Box2BoxTransform,
@@ -89,7 +91,9 @@ class MutualGuideDetector(DenseDetector):
             backbone, neck, head: the network; `head` gives per-level logits and deltas (`MutualGuideHead`).
             num_classes: C, object classes without background.
             input_size: S, the square input side (a multiple of 64).
-            anchor_base_size: anchor side at stride 8, doubled at each level.
+            anchor_base_size: anchor side at the first level (stride 8; 2023 network: 16), doubled at each level.
+            network: "mg2020" (the paper's pyramid and anchors) or "mg2023" (the authors' code at 108b4a8); it must be
+                the network of `neck` (`anchors.py`).
             anchor_matcher: labels the anchors for both tasks (`assignment.py`): `MutualGuidanceMatcher` or the IoU
                 baseline `BestAnchorIoUMatcher`, built for `num_classes`.
             ignore: what an ignored anchor leaves out of the focal loss, one of `IGNORE_RULES`.
@@ -135,14 +139,22 @@ class MutualGuideDetector(DenseDetector):
         self.vis_class_names = tuple(vis_class_names)
         self.assignment_stats_period = assignment_stats_period
         self.anchor_base_size = anchor_base_size
-        num_levels = num_levels_for(input_size)
-        self.num_anchors_per_level = anchors_per_level(input_size, num_levels)
+        self.network = network
+        num_levels = num_levels_for(input_size, network)
+        if getattr(neck, "num_levels", num_levels) != num_levels:
+            raise ValueError(
+                f"The neck gives {neck.num_levels} levels, the {network} network's anchors at {input_size} px "
+                f"need {num_levels}"
+            )
+        self.num_anchors_per_level = anchors_per_level(input_size, num_levels, network)
         # Anchors depend only on the input size: computed once, saved with nothing. The normalised copy is the
         # assignment's (see `generate_normalized_anchors`), the pixel one everything else's.
-        self.register_buffer("anchors", generate_anchors(input_size, anchor_base_size, num_levels), persistent=False)
+        self.register_buffer(
+            "anchors", generate_anchors(input_size, anchor_base_size, num_levels, network), persistent=False
+        )
         self.register_buffer(
             "normalized_anchors",
-            generate_normalized_anchors(input_size, anchor_base_size, num_levels),
+            generate_normalized_anchors(input_size, anchor_base_size, num_levels, network),
             persistent=False,
         )
         # The authors' checkpoints name the head `loc`/`conf` at the top level: renamed on load, whatever loads
@@ -158,9 +170,15 @@ class MutualGuideDetector(DenseDetector):
         backbone = build_backbone(cfg)
         neck = build_neck(cfg, backbone.output_shape())
         mg = cfg.MODEL.MUTUAL_GUIDE
-        head = MutualGuideHead(
-            in_channels=neck.out_channels, num_levels=neck.num_levels, num_classes=mg.NUM_CLASSES
-        )
+        if mg.NETWORK == "mg2023":
+            head = MutualGuideHead2023(
+                in_channels=neck.out_channels, num_levels=neck.num_levels, num_classes=mg.NUM_CLASSES,
+                conv_block=cfg.MODEL.NECK.CONV_BLOCK,
+            )
+        else:
+            head = MutualGuideHead(
+                in_channels=neck.out_channels, num_levels=neck.num_levels, num_classes=mg.NUM_CLASSES
+            )
         return {
             "backbone": backbone,
             "neck": neck,
@@ -168,6 +186,7 @@ class MutualGuideDetector(DenseDetector):
             "num_classes": mg.NUM_CLASSES,
             "input_size": cfg.INPUT.SIZE,
             "anchor_base_size": mg.ANCHOR_BASE_SIZE,
+            "network": mg.NETWORK,
             "anchor_matcher": build_anchor_matcher(mg.ENABLED, mg.IOU_THRESHOLDS, mg.NUM_CLASSES),
             "ignore": mg.IGNORE,
             "box2box_transform": Box2BoxTransform(weights=mg.BBOX_REG_WEIGHTS),
@@ -197,7 +216,7 @@ class MutualGuideDetector(DenseDetector):
         for name, make in (("anchors", generate_anchors), ("normalized_anchors", generate_normalized_anchors)):
             anchors = getattr(self, name)
             if anchors.dtype != torch.float32:
-                exact = make(self.input_size, self.anchor_base_size, len(self.num_anchors_per_level))
+                exact = make(self.input_size, self.anchor_base_size, len(self.num_anchors_per_level), self.network)
                 setattr(self, name, exact.to(anchors.device))
         return self
 
