@@ -104,8 +104,10 @@ def test_new_run_in_a_used_output_dir_is_refused(tmp_path, train_args, shapes_da
         (("DATASETS.TRAIN", "('nowhere',)"), "DATASETS.TRAIN names 'nowhere', which is not a registered dataset. "
                                               "This project's: mg_coco_2017_train"),
         (("MODEL.BACKBONE.NAME", "VGG19"), "MODEL.BACKBONE.NAME 'VGG19' is not a registered backbone; this project's: "
-                                           "RepVGG, ResNet18, ShuffleNetV2, VGG16"),
-        (("MODEL.NECK.NAME", "BiFPN"), "MODEL.NECK.NAME 'BiFPN' is not a registered neck; valid: FPN, PAFPN, RFB, SSD"),
+                                           "CSPDarknet, RepVGG, RepVGG2023, ResNet18, ResNet2023, ShuffleNetV2, "
+                                           "ShuffleNetV2_2023, VGG16"),
+        (("MODEL.NECK.NAME", "BiFPN"), "MODEL.NECK.NAME 'BiFPN' is not a registered neck; valid: FPN, FPN2023, PAFPN, "
+                                         "PAFPN2023, RFB, SSD, SSD2023"),
         (("DATASETS.BOX_CONVENTION", "pascal"), r"DATASETS.BOX_CONVENTION must be one of \('detectron2', 'paper'\), "
                                                 "got 'pascal'"),
         (("SOLVER.BASE_LR", -0.1), r"SOLVER.BASE_LR must be a positive number, got -0.1"),
