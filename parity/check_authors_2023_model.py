@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """
-Our 2023 network (MODEL.MUTUAL_GUIDE.NETWORK "2023", configs/mg23_*_pafpn_coco.yaml) against the authors' code at
+Our 2023 network (MODEL.MUTUAL_GUIDE.NETWORK "mg2023", configs/mg23_*_pafpn_coco.yaml) against the authors' code at
 108b4a8, row by row of their README table: parameters and FLOPs of both, their `Detector` state dict loaded into
 ours through our checkpointer, raw loc / conf outputs on one input, anchors and box decoding. Exits 1 on any
-mismatch.
+mismatch. The FPN2023 and SSD2023 necks are checked the same way (outputs only) on the rows of --other-necks.
 
     git clone https://github.com/zhanghengdev/MutualGuide <clone> && git -C <clone> checkout 108b4a8
     python parity/check_authors_2023_model.py --authors-repo <clone> [--rows resnet18,shufflenet10]
@@ -210,20 +210,44 @@ def check_row(row, authors, args):
     return ok
 
 
+def check_other_neck(row, neck, authors):
+    """Raw outputs of their Detector with `neck` ("fpn", "ssd") against ours with the matching *2023 neck."""
+    detector = authors[0]
+    backbone, config = ROWS[row][:2]
+    theirs = randomize(detector.Detector(640, 80, backbone, neck, "normal"), seed=1).eval()
+    cfg = our_cfg(config)
+    cfg.MODEL.NECK.NAME = {"fpn": "FPN2023", "ssd": "SSD2023"}[neck]
+    ours = build_model(cfg).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 3, 640, 640, generator=torch.Generator().manual_seed(2)) * 50
+    with torch.no_grad():
+        out = theirs(x)
+        logits, deltas = ours.predict(x)
+    diffs = [float((a - b).abs().max() / a.abs().max()) for a, b in ((out["loc"], deltas), (out["conf"], logits))]
+    ok = max(diffs) <= TOLERANCE
+    print(f"{row} with {cfg.MODEL.NECK.NAME} (their --neck {neck}): loc {diffs[0]:.1e}   conf {diffs[1]:.1e}"
+          f"   -> {'OK' if ok else 'MISMATCH'}")
+    return ok
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors-repo", required=True, metavar="DIR",
                         help="a checkout of zhanghengdev/MutualGuide at 108b4a8 (the authors' code)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows among {', '.join(ROWS)}")
+    parser.add_argument("--other-necks", default="resnet18,shufflenet10",
+                        help="rows on which FPN2023 and SSD2023 are compared too (\"\": none)")
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
-    unknown = sorted(set(rows) - set(ROWS))
+    neck_rows = [r for r in args.other_necks.split(",") if r]
+    unknown = sorted(set(rows + neck_rows) - set(ROWS))
     if unknown:
-        parser.error(f"--rows: unknown {unknown}; known: {list(ROWS)}")
+        parser.error(f"--rows / --other-necks: unknown {unknown}; known: {list(ROWS)}")
     torch.manual_seed(0)
     authors = import_authors(copy_authors_code(args.authors_repo))
     results = [check_row(row, authors, args) for row in rows]
-    print(f"{sum(results)} of {len(results)} rows match the authors' code at 108b4a8"
+    results += [check_other_neck(row, neck, authors) for row in neck_rows for neck in ("fpn", "ssd")]
+    print(f"{sum(results)} of {len(results)} checks match the authors' code at 108b4a8"
           + ("" if all(results) else " -> MISMATCH"))
     return 0 if all(results) else 1
 

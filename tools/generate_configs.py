@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """
 Write the 64 leaf configs of the results tables, configs/mg_<backbone>_<neck>_<dataset>[_512].yaml: one per
-backbone x neck x dataset x input size; and the 12 of the 2023 network, configs/mg23_<row>_pafpn_<dataset>.yaml. Everything they share lives in their base (Base-VOC.yaml or Base-COCO.yaml,
-on Base-MutualGuide.yaml); a leaf names only its network, its input size and its output folder.
+backbone x neck x dataset x input size; and the 12 of the 2023 network, configs/mg23_<row>_pafpn_<dataset>.yaml.
+Everything they share lives in their base (Base-VOC.yaml or Base-COCO.yaml, on Base-MutualGuide.yaml;
+Base-MG2023-*.yaml for the 2023 ones); a leaf names only its network, its input size and its output folder.
 
     .venv/bin/python tools/generate_configs.py           # (re)write the files
     .venv/bin/python tools/generate_configs.py --check   # exit 1, naming them, if files differ from this program

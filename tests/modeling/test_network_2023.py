@@ -53,7 +53,8 @@ def test_a_2020_neck_in_the_2023_network_is_refused(make_cfg):
 
 
 @pytest.mark.parametrize(
-    "config", ["mg23_cspdarknet05_pafpn_coco.yaml", "mg23_repvggA0_pafpn_coco.yaml", "mg23_shufflenet10_pafpn_coco.yaml"]
+    "config",
+    ["mg23_cspdarknet05_pafpn_coco.yaml", "mg23_repvggA0_pafpn_coco.yaml", "mg23_shufflenet10_pafpn_coco.yaml"],
 )
 def test_outputs_and_fusion(make_cfg, randomize_batchnorm, config):
     model = randomize_batchnorm(build_model(_small(make_cfg, config, opts=["MODEL.MUTUAL_GUIDE.NUM_CLASSES", 3])))
@@ -76,7 +77,8 @@ def test_authors_state_dict_round_trips_without_dist_and_stale_repvgg_branches(m
     model = build_model(_small(make_cfg, "mg23_repvggA0_pafpn_coco.yaml", opts=["MODEL.MUTUAL_GUIDE.NUM_CLASSES", 3]))
     ours = model.state_dict()
     theirs = to_paper_state_dict(ours)
-    assert "loc.0.0.conv.weight" in theirs and "conf.2.1.bias" in theirs and not any(k.startswith("head.") for k in theirs)
+    assert "loc.0.0.conv.weight" in theirs and "conf.2.1.bias" in theirs
+    assert not any(k.startswith("head.") for k in theirs)
     # what their files hold besides: the distillation branch, and the branches their code left beside stage0's
     # fused conv when it switched it to deploy form
     theirs["dist.0.0.conv.weight"] = torch.zeros(1)

@@ -26,7 +26,8 @@ def convert_paper_state_dict(sd: Dict) -> Dict:
     """
     The authors' state dict in our names: unwraps {"model": ...} / {"state_dict": ...}, strips DataParallel's
     leading `module.`, drops their distillation tensors (keys containing "dist") and the training branches of
-    RepVGG blocks that also have `rbr_reparam`, renames `loc.*` -> `head.loc.*` and `conf.*` -> `head.conf.*`. Our own keys come back unchanged, so converting twice is converting once.
+    RepVGG blocks that also have `rbr_reparam`, renames `loc.*` -> `head.loc.*` and `conf.*` -> `head.conf.*`.
+    Our own keys come back unchanged, so converting twice is converting once.
     """
     out = {}
     sd = unwrap_state_dict(sd)

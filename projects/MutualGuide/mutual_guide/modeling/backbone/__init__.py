@@ -1,8 +1,9 @@
 """Backbones of the authors' detector, registered in detectron2's BACKBONE_REGISTRY.
 
 Each returns two maps, {"s8": stride 8, "s16": stride 16}; those of the 2023 network (the authors' code at
-108b4a8: CSPDarknet, ResNet2023, RepVGG2023, ShuffleNetV2_2023) {"s16": stride 16, "s32": stride 32}. Module names equal the authors' (and, for the
-ImageNet parts, torchvision's or RepVGG's official ones), so both kinds of checkpoints load by name.
+108b4a8: CSPDarknet, ResNet2023, RepVGG2023, ShuffleNetV2_2023) {"s16": stride 16, "s32": stride 32}. Module names
+equal the authors' (and, for the ImageNet parts, torchvision's, RepVGG's or YOLOX's official ones), so both kinds
+of checkpoints load by name.
 """
 import os
 from typing import Dict, List, Sequence
@@ -127,4 +128,5 @@ def load_pretrained_backbone(backbone: TwoMapBackbone, name: str, spec: str) -> 
     backbone.load_state_dict(sd, strict=False)  # torchvision's files may lack num_batches_tracked
 
 
-from mutual_guide.modeling.backbone import cspdarknet, repvgg, resnet, shufflenet, vgg  # noqa: E402,F401  (register the backbones)
+# register the backbones
+from mutual_guide.modeling.backbone import cspdarknet, repvgg, resnet, shufflenet, vgg  # noqa: E402,F401

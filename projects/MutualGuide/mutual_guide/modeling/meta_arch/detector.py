@@ -1,9 +1,10 @@
 """The Mutual Guidance detector as a detectron2 meta-architecture.
 
 A single-stage detector: backbone (two maps, strides 8 and 16) -> neck (a 4- or 5-level pyramid) -> head
-(6 anchors per location, per-level convs). MODEL.MUTUAL_GUIDE.NETWORK "mg2023" selects the authors' later network
-(code at 108b4a8): maps at strides 16 and 32, a 3- or 4-level pyramid, conv unit + 1x1 conv heads. What is new is in training: which anchors each task learns from is
-chosen by the other task's predictions (see `assignment.py`).
+(6 anchors per location, per-level convs). What is new is in training: which anchors each task learns from is
+chosen by the other task's predictions (see `assignment.py`). MODEL.MUTUAL_GUIDE.NETWORK "mg2023" selects the
+authors' later network (code at 108b4a8): maps at strides 16 and 32, a 3- or 4-level pyramid, conv unit + 1x1
+conv heads.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 

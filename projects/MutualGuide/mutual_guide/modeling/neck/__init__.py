@@ -1,4 +1,5 @@
-"""Necks: turn the backbone's two maps (strides 8 and 16; 16 and 32 in the 2023 network) into a pyramid of equal-width maps.
+"""Necks: turn the backbone's two maps (strides 8 and 16; 16 and 32 in the 2023 network) into a pyramid of
+equal-width maps.
 
 `build_neck(cfg, input_shapes)` builds the one named by MODEL.NECK.NAME from NECK_REGISTRY. Every neck has
 `num_levels`, `out_channels` and `forward([s8, s16]) -> [level 0 (stride 8), level 1 (stride 16), ...]`.
