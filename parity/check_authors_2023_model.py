@@ -23,6 +23,7 @@ requires_grad) after deploy, on the model as built with ImageNet weights (stem s
 distillation branch.
 """
 import argparse
+import atexit
 import os
 import shutil
 import sys
@@ -60,7 +61,9 @@ def copy_authors_code(repo):
         if not os.path.isfile(os.path.join(repo, path)):
             raise FileNotFoundError(f"--authors-repo {repo!r} is not a checkout of the authors' code at 108b4a8 "
                                     f"(no {path})")
-    dest = os.path.join(tempfile.mkdtemp(prefix="mg2023-authors-"), "code")
+    tmp = tempfile.mkdtemp(prefix="mg2023-authors-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    dest = os.path.join(tmp, "code")
     shutil.copytree(repo, dest, ignore=shutil.ignore_patterns(".git", "weights"))
     detector = os.path.join(dest, "models", "detector.py")
     text = open(detector).read()
