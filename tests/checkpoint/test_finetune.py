@@ -83,6 +83,27 @@ def test_80_class_checkpoint_starts_a_3_class_detector(tmp_path, logged, authors
     assert "(480, 128, 3, 3) in the file, (18, 128, 3, 3) in the model" in message
 
 
+def test_2023_head_keeps_its_conv_units_and_restarts_only_the_class_layers(tmp_path, make_cfg):
+    def build(num_classes, seed):
+        cfg = make_cfg("ShuffleNetV2_2023", "PAFPN2023", 128, num_classes)
+        cfg.defrost()
+        cfg.MODEL.MUTUAL_GUIDE.NETWORK = "mg2023"
+        cfg.MODEL.BACKBONE.VERSION = "1.0x"
+        cfg.MODEL.NECK.CONV_BLOCK = "depthwise"
+        return noisy_detector(cfg, seed)
+
+    source, target = build(80, 0), build(3, 1)
+    MutualGuideCheckpointer(target, finetune=True).load(save(source, tmp_path / "coco.pth"))
+    loaded, expected = target.state_dict(), source.state_dict()
+    restarted = {k for k in loaded if k.startswith("head.conf.") and k.split(".")[3] == "1"}
+    assert len(restarted) == 2 * len(target.head.conf)  # weight and bias of the 1x1 layer of each level
+    for key, value in loaded.items():
+        if key in restarted:
+            assert value.shape != expected[key].shape
+        else:  # the conv units of head.conf included
+            assert torch.equal(value, expected[key]), f"{key} differs from the checkpoint's"
+
+
 @pytest.mark.slow
 def test_finetune_still_refuses_another_backbone(tmp_path, detector):
     path = save(detector(80, backbone="ResNet18"), tmp_path / "resnet.pth")

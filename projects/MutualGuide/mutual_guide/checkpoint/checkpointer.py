@@ -126,10 +126,15 @@ class MutualGuideCheckpointer(DetectionCheckpointer):
         own = module.state_dict()
         given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         prefix_of_layers = module.class_logit_prefix
-        class_keys = sorted(prefix_of_layers + k for k in module.get_submodule(prefix_of_layers[:-1]).state_dict())
-        other_classes = any(k in given and tuple(given[k].shape) != tuple(own[k].shape) for k in class_keys)
+        under_prefix = sorted(prefix_of_layers + k for k in module.get_submodule(prefix_of_layers[:-1]).state_dict())
+        misfits = [k for k in under_prefix if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
+        other_classes = bool(misfits)
+        # the layers whose size depends on the number of classes; a layer is one weight and one bias, both start
+        # afresh even if one of them happened to fit. Layers under the prefix that fit (the conv unit before the
+        # 1x1 class layer of the 2023 head) are loaded.
+        layers = {k.rsplit(".", 1)[0] for k in misfits}
+        class_keys = [k for k in under_prefix if k.rsplit(".", 1)[0] in layers]
         if self.finetune and other_classes:
-            # a layer is one weight and one bias: both start afresh, even if one of them happened to fit
             self._left_out = [_describe(k, given, own) for k in class_keys]
             for k in class_keys:
                 state_dict.pop(prefix + k, None)
