@@ -154,3 +154,13 @@ def test_averages_that_do_not_fit_the_network_are_refused(trained, tmp_path, mak
     other = build_model(make_cfg(size=64, num_classes=5))
     with pytest.raises(ValueError, match=r"EMA weights of the checkpoint do not fit the network:\n  head"):
         ModelEMA(other).load_state_dict({"averages": ema.model.state_dict(), "updates": 1})
+
+
+def test_a_bad_decay_stops_the_run_before_anything_is_built(make_cfg):
+    from mutual_guide.engine.preflight import check_config
+
+    cfg = make_cfg(opts=["MODEL_EMA.DECAY", 1.0])
+    check_config(cfg)  # read only with MODEL_EMA.ENABLED
+    cfg.MODEL_EMA.ENABLED = True
+    with pytest.raises(ValueError, match=r"MODEL_EMA.DECAY must be in \[0, 1\), got 1.0"):
+        check_config(cfg)

@@ -83,6 +83,9 @@ def add_mutual_guide_config(cfg):
     # The paper's code's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,
     # mirror, resize with a random OpenCV interpolation. False: resize only (cv2.INTER_LINEAR).
     _C.INPUT.MG_AUGMENT = True
+    # Which train-time augmentation MG_AUGMENT runs: "paper" (above) or "authors_2023", the authors' code at
+    # 108b4a8: colour distortion, then one crop-or-zoom-out window (scale 0.25-1.75, p 0.75), mirror, linear resize.
+    _C.INPUT.MG_AUGMENT_RECIPE = "paper"
     _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out canvas area up to this ratio squared (scale 1 to this ratio)
     _C.INPUT.EXPAND_PROB = 0.6  # probability of the zoom-out
     # After augmentation a box is kept when its shorter side is more than this fraction of the image side.
