@@ -48,6 +48,26 @@ def test_lr_follows_the_papers_formula(base_lr, make_cfg):
     assert at[599].pop() == pytest.approx(1e-6 + (base_lr - 1e-6) * 0.5 * (1 + math.cos(499 * math.pi / 500)))
 
 
+def authors_2023_lr(base, i, warm, max_iter, min_lr_ratio=0.05):
+    """utils/lr_scheduler.py's adjust_learning_rate at 108b4a8 (the authors' current code), as read."""
+    start = base * min_lr_ratio
+    if i <= warm:
+        return start + (base - start) * i / warm
+    return start + (base - start) * 0.5 * (1.0 + math.cos(math.pi * (i - warm) / (max_iter - warm)))
+
+
+def test_the_authors_2023_schedule_is_the_floor_rule_at_five_percent(make_cfg):
+    """Their current code's warm-up starts, and its cosine ends, at 5% of the LR: BASE_LR_END = 0.05 * BASE_LR."""
+    cfg = make_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.BASE_LR_END, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = 0.01, 5e-4, 500, 3000
+    iterations = [0, 1, 250, 499, 500, 501, 1750, 2998, 2999]
+    got = lrs_of(cfg, iterations)
+    for i in iterations:
+        assert got[i].pop() == pytest.approx(authors_2023_lr(0.01, i, 500, 3000), rel=1e-12, abs=0), i
+    assert authors_2023_lr(0.01, 0, 500, 3000) == pytest.approx(5e-4)  # not the paper's 1e-6
+    assert authors_2023_lr(0.01, 250, 500, 3000) == pytest.approx(0.00525)
+
+
 def test_run_shorter_than_its_warm_up_stays_on_the_warm_up_line(make_cfg):
     cfg = make_cfg()
     cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.MAX_ITER = 0.01, 500, 20

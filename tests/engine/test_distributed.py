@@ -23,8 +23,10 @@ ITERS = 2
 # Beyond train_args' small CPU run: the whole batch of 4 (the total over all processes, as in detectron2), and the
 # authors' LR rule gives iteration 1 the whole BASE_LR; 0.005 keeps the step (and the tolerances below) what
 # detectron2's WarmupCosineLR gave it at 0.01.
+# The average of the weights (MODEL_EMA, decay 0.5 so that it differs from the weights) is kept in every process.
 OPTS = ("SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", ITERS, "SOLVER.WARMUP_ITERS", 1, "SOLVER.BASE_LR", 0.005,
-        "SOLVER.CHECKPOINT_PERIOD", 1000, "SEED", 7)
+        "SOLVER.CHECKPOINT_PERIOD", 1000, "SEED", 7, "MODEL_EMA.ENABLED", True, "MODEL_EMA.DECAY", 0.5,
+        "MODEL_EMA.RAMP_ITERS", 0)
 
 
 class FrozenBatchNormTrainer(train_net.Trainer):
@@ -46,6 +48,8 @@ def _train(argv, output_dir):
     trainer.train()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     torch.save(params, os.path.join(output_dir, f"params_rank{comm.get_rank()}_of{comm.get_world_size()}.pth"))
+    averages = {k: v.detach().clone() for k, v in trainer.ema.model.named_parameters()}
+    torch.save(averages, os.path.join(output_dir, f"ema_rank{comm.get_rank()}_of{comm.get_world_size()}.pth"))
     if torch.distributed.is_initialized():  # gloo's threads end before the process does (an abort otherwise)
         comm.synchronize()
         torch.distributed.destroy_process_group()
@@ -91,3 +95,11 @@ def test_two_cpu_processes_train_like_one(four_images, tmp_path, train_args):
     # the same arithmetic up to the order of float32 sums
     assert apart < 1e-3 * moved, f"2-process weights are {apart:.3g} away from the 1-process ones"
     assert loss_two == pytest.approx(loss_one, rel=1e-5), (loss_two, loss_one)
+
+    # the average: the same in both processes without any communication, and the one-process one
+    ema0, ema1, ema_single = (torch.load(d / f"ema_rank{r}_of{w}.pth") for d, r, w in ((two, 0, 2), (two, 1, 2),
+                                                                                          (one, 0, 1)))
+    for key in ema0:
+        assert torch.equal(ema0[key], ema1[key]), f"the average of {key} differs between the two processes"
+    assert max(float((ema_single[k] - ema0[k]).abs().max()) for k in ema0) < 1e-3 * moved
+    assert any(not torch.equal(ema0[k], rank0[k]) for k in ema0)  # an average, not the weights

@@ -117,6 +117,14 @@ def test_last_evaluation_results_are_what_defaulttrainers_evaluation_returned(ma
     assert compat.last_evaluation_results(trainer) is results
 
 
+def test_stored_evaluation_results_are_read_back_where_defaulttrainer_keeps_its_own():
+    trainer = DefaultTrainer.__new__(DefaultTrainer)
+    results = {"bbox": {"AP50": 7.0}}
+    compat.store_evaluation_results(trainer, results)
+    assert compat.last_evaluation_results(trainer) is results
+    assert "self._last_eval_results = self.test(" in inspect.getsource(DefaultTrainer.build_hooks)
+
+
 def test_registered_hooks_are_the_trainers_in_their_order():
     from detectron2.engine import HookBase, TrainerBase
 

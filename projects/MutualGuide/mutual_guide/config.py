@@ -70,6 +70,13 @@ def add_mutual_guide_config(cfg):
     # overlap, objects left without any, by size) goes to metrics.json and TensorBoard, and a summary of the run to
     # OUTPUT_DIR/assignment_stats.json (modeling/assignment_stats.py); 0: never, and nothing is computed.
     _C.MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD = 0
+    # Exponential moving average of the weights (engine/ema.py), for every meta-architecture; d2go's key names.
+    # Evaluation during training, model_best.pth and the "model" of every checkpoint are the averaged weights.
+    _C.MODEL_EMA = CN()
+    _C.MODEL_EMA.ENABLED = False  # keep, evaluate and save an average of the weights, updated after every step
+    # decay after u updates: DECAY * (1 - exp(-u / RAMP_ITERS)), as the authors' code at 108b4a8 (0.9998, 2000)
+    _C.MODEL_EMA.DECAY = 0.9998
+    _C.MODEL_EMA.RAMP_ITERS = 2000  # <= 0: the decay is DECAY from the first update (d2go's constant decay)
     # Best (anchor, class) pairs of each pyramid level kept per image before NMS (detectron2 RetinaNet's
     # TOPK_CANDIDATES_TEST); <= 0 keeps every pair above the score threshold, as the paper's code.
     _C.TEST.TOPK_CANDIDATES = 1000
@@ -84,6 +91,9 @@ def add_mutual_guide_config(cfg):
     # The paper's code's train-time augmentation (data/data_augment.py at fd2c4cc): crop, colour distortion, zoom-out,
     # mirror, resize with a random OpenCV interpolation. False: resize only (cv2.INTER_LINEAR).
     _C.INPUT.MG_AUGMENT = True
+    # Which train-time augmentation MG_AUGMENT runs: "paper" (above) or "authors_2023", the authors' code at
+    # 108b4a8: colour distortion, then one crop-or-zoom-out window (scale 0.25-1.75, p 0.75), mirror, linear resize.
+    _C.INPUT.MG_AUGMENT_RECIPE = "paper"
     _C.INPUT.EXPAND_MAX_RATIO = 4.0  # zoom-out canvas area up to this ratio squared (scale 1 to this ratio)
     _C.INPUT.EXPAND_PROB = 0.6  # probability of the zoom-out
     # After augmentation a box is kept when its shorter side is more than this fraction of the image side.

@@ -11,9 +11,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from mutual_guide.checkpoint.state_dict import check_state_dict_fits
 from mutual_guide.utils.atomic_io import AtomicWritePathManager
 
-__all__ = ["MutualGuideCheckpointer"]
+__all__ = ["EMA_KEY", "MutualGuideCheckpointer"]
 
 logger = logging.getLogger(__name__)
+
+EMA_KEY = "ema"  # the checkpointable name of the average of the weights, and its entry in the files
 
 class MutualGuideCheckpointer(DetectionCheckpointer):
     """
@@ -34,13 +36,33 @@ class MutualGuideCheckpointer(DetectionCheckpointer):
 
     Checkpoints and `last_checkpoint` are written atomically (atomic_io.py): a save interrupted by a kill
     never leaves a truncated file under a checkpoint's name.
+
+    With an exponential moving average of the weights (a checkpointable named "ema", engine/ema.py ModelEMA), a
+    saved file's "model" is the *averaged* weights: what the run evaluates, and what every reader of the file
+    (--eval-only, demo.py, tools/export_model.py, detectron2's own checkpointer, `torch.load(f)["model"]`) takes
+    without knowing about the average. The training weights and the update count are under "ema":
+    {"training_weights": ..., "updates": u}. Only a checkpointer made with `restores_training=True` (the
+    trainer's) puts them back for --resume: "training_weights" into the model, "model" into the average.
     """
 
-    def __init__(self, model, save_dir="", *, finetune: bool = False, **checkpointables):
+    def __init__(self, model, save_dir="", *, finetune: bool = False, restores_training: bool = False,
+                 **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.finetune = finetune
+        self.restores_training = restores_training
         self._loading_path = ""
+        self._restoring = False
         self.path_manager = AtomicWritePathManager(self.path_manager)
+
+    def save(self, name, **kwargs):
+        """fvcore's save; with an "ema" checkpointable, "model" holds the averaged weights (see the class)."""
+        ema = self.checkpointables.get(EMA_KEY)
+        if ema is not None:
+            state = ema.state_dict()
+            # fvcore writes kwargs over the entries it made from the model and the checkpointables
+            kwargs = {"model": state["averages"],
+                      EMA_KEY: {"training_weights": self.model.state_dict(), "updates": state["updates"]}, **kwargs}
+        super().save(name, **kwargs)
 
     def get_checkpoint_file(self):
         """
@@ -97,11 +119,39 @@ class MutualGuideCheckpointer(DetectionCheckpointer):
         if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
             raise ValueError(f"{filename!r} holds no state dict (a dict of tensors, or one under 'model'): got "
                              f"{type(loaded.get('model') if isinstance(loaded, dict) else loaded).__name__}")
-        return loaded
+        return self._training_state(loaded) if self._restoring else loaded
 
-    def load(self, path, *args, **kwargs):
+    def load(self, path, checkpointables=None):
+        """fvcore's load (checkpointables None: all, as --resume does; [] the model only, as MODEL.WEIGHTS does)."""
         self._loading_path = path
-        return super().load(path, *args, **kwargs)
+        self._restoring = self.restores_training and checkpointables is None
+        return super().load(path, checkpointables=checkpointables)
+
+    def _training_state(self, loaded):
+        """
+        The file as --resume needs it (the class docstring's layout undone): "model" the training weights, "ema"
+        {"averages", "updates"} for the ModelEMA, or no "ema" when this run keeps no average.
+        """
+        saved = loaded.get(EMA_KEY)
+        has_ema = EMA_KEY in self.checkpointables
+        if not isinstance(saved, dict) or "training_weights" not in saved:
+            if has_ema:
+                logger.warning(
+                    f"--resume from {self._loading_path!r}, which holds no EMA of the weights (saved without "
+                    f"MODEL_EMA.ENABLED): the average starts afresh from the weights loaded, its decay ramp from 0"
+                )
+            return loaded
+        loaded = dict(loaded)
+        saved = dict(loaded.pop(EMA_KEY))
+        averages, loaded["model"] = loaded["model"], saved.pop("training_weights")
+        if has_ema:
+            loaded[EMA_KEY] = {"averages": averages, "updates": saved["updates"]}
+        else:
+            logger.warning(
+                f"--resume from {self._loading_path!r}, saved with an EMA of the weights, and MODEL_EMA.ENABLED "
+                f"False: training goes on from its training weights; the average (its 'model') is left out"
+            )
+        return loaded
 
     def _load_model(self, checkpoint):
         if not getattr(self.model, "loads_whole_detectors", False):

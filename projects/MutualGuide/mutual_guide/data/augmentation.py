@@ -20,9 +20,11 @@ from fvcore.transforms.transform import CropTransform, NoOpTransform, PadTransfo
 
 from detectron2.data import transforms as T
 
+from mutual_guide.data.crop_expand import RandomCropExpand, ToUint8
 from mutual_guide.data.resize import resize_image
 
 __all__ = [
+    "AUGMENT_RECIPES",
     "CV2_INTERPOLATIONS",
     "CV2ResizeTransform",
     "DetectionAugInput",
@@ -32,6 +34,7 @@ __all__ = [
     "RandomExpand",
     "RandomInterpolationResize",
     "RandomMinIoUCrop",
+    "authors_2023_augmentation",
     "build_augmentation",
     "min_side_keep",
     "plain_resize",
@@ -241,20 +244,46 @@ def plain_resize(size):
     return RandomInterpolationResize(size, interps=(cv2.INTER_LINEAR,))
 
 
+AUGMENT_RECIPES = ("paper", "authors_2023")  # INPUT.MG_AUGMENT_RECIPE
+
+
 def build_augmentation(cfg, is_train):
     """
-    The augmentations of one image: the paper's recipe at train time with INPUT.MG_AUGMENT, else only the
+    The augmentations of one image at train time with INPUT.MG_AUGMENT: INPUT.MG_AUGMENT_RECIPE "paper" (the paper's
+    code, fd2c4cc) or "authors_2023" (the authors' code at 108b4a8, `authors_2023_augmentation`); otherwise only the
     resize to INPUT.SIZE with cv2.INTER_LINEAR (the paper's test preprocessing).
     """
     size = cfg.INPUT.SIZE
     if not (is_train and cfg.INPUT.MG_AUGMENT):
         return [plain_resize(size)]
+    recipe = cfg.INPUT.MG_AUGMENT_RECIPE
+    if recipe not in AUGMENT_RECIPES:
+        raise ValueError(f"INPUT.MG_AUGMENT_RECIPE must be one of {', '.join(AUGMENT_RECIPES)}; got {recipe!r}")
+    if recipe == "authors_2023":
+        return authors_2023_augmentation(size, cfg.INPUT.HUE_DELTA)
     return [
         RandomMinIoUCrop(),
         PhotometricDistortion(hue_delta=cfg.INPUT.HUE_DELTA),
         RandomExpand(cfg.INPUT.EXPAND_MAX_RATIO, fill=tuple(cfg.MODEL.PIXEL_MEAN), prob=cfg.INPUT.EXPAND_PROB),
         T.RandomFlip(prob=0.5, horizontal=True, vertical=False),
         RandomInterpolationResize(size),
+    ]
+
+
+def authors_2023_augmentation(size, hue_delta=18):
+    """
+    data/data_augment.py's `preproc_for_train` at 108b4a8, after their loader's resize to S x S (cv2.INTER_LINEAR):
+    the same colour distortion as the paper's, now first; then crop-or-zoom-out (crop_expand.py); mirror; resize to
+    S x S with cv2.INTER_LINEAR only (no random interpolation); the float canvas back to uint8. No mosaic or mixup:
+    every step sees one image. They drop no small box afterwards (INPUT.MIN_BOX_SIDE_RATIO 0 does the same).
+    """
+    return [
+        plain_resize(size),
+        PhotometricDistortion(hue_delta=hue_delta),
+        RandomCropExpand(),
+        T.RandomFlip(prob=0.5, horizontal=True, vertical=False),
+        plain_resize(size),
+        ToUint8(),
     ]
 
 
@@ -284,6 +313,9 @@ class DetectionAugInput(T.AugInput):
                 & (centres[:, 1] > tfm.y0)
                 & (centres[:, 1] < tfm.y0 + tfm.h)
             )
+            self.boxes, self.kept = self.boxes[inside], self.kept[inside]
+        elif hasattr(tfm, "kept_boxes"):  # crop_expand.CropExpandTransform's own rule
+            inside = tfm.kept_boxes(self.boxes)
             self.boxes, self.kept = self.boxes[inside], self.kept[inside]
         super().transform(tfm)
         h, w = self.image.shape[:2]

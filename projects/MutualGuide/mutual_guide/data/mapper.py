@@ -122,7 +122,9 @@ class MutualGuideDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "min_box_side_ratio": cfg.INPUT.MIN_BOX_SIDE_RATIO,
             "size": cfg.INPUT.SIZE,
-            "fallback_resize": RandomInterpolationResize(cfg.INPUT.SIZE) if cfg.INPUT.MG_AUGMENT else None,
+            # the paper's code resizes a fall-back with a random interpolation, the authors' later code linearly
+            "fallback_resize": RandomInterpolationResize(cfg.INPUT.SIZE)
+            if cfg.INPUT.MG_AUGMENT and cfg.INPUT.MG_AUGMENT_RECIPE == "paper" else None,
             "train_crowd_boxes": cfg.INPUT.TRAIN_CROWD_BOXES,
         }
 

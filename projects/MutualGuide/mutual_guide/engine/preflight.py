@@ -58,6 +58,9 @@ def check_config(cfg, training=True):
         positive_int("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER)
         positive_int("SOLVER.CHECKPOINT_PERIOD", cfg.SOLVER.CHECKPOINT_PERIOD)
         bad.extend(_solver_problems(cfg.SOLVER))
+        decay = cfg.MODEL_EMA.DECAY
+        if cfg.MODEL_EMA.ENABLED and (not _number(decay) or not 0 <= decay < 1):
+            bad.append(f"MODEL_EMA.DECAY must be in [0, 1), got {decay!r}")
     positive_int("MODEL.MUTUAL_GUIDE.NUM_CLASSES", cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES)
     positive_int("TEST.DETECTIONS_PER_IMAGE", cfg.TEST.DETECTIONS_PER_IMAGE)
     for key, value, low_open in (("MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST", cfg.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST, False),

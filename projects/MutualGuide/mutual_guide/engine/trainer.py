@@ -11,10 +11,11 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 
-from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
+from mutual_guide.checkpoint.checkpointer import EMA_KEY, MutualGuideCheckpointer
 from mutual_guide.data import build_dataset_mapper, build_test_transform
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
 from mutual_guide.engine.devices import check_amp_supported, convert_sync_batchnorm
+from mutual_guide.engine.ema import EMAHook, build_model_ema
 from mutual_guide.engine.hooks import AssignmentStatsSummary, BestModelCheckpointer, EarlyStopping, StopTraining
 from mutual_guide.engine.preflight import check_num_classes
 from mutual_guide.engine.slicing import SlicedDetector
@@ -22,7 +23,12 @@ from mutual_guide.evaluation import build_dataset_evaluator
 from mutual_guide.modeling.backbone import load_pretrained_backbone
 from mutual_guide.solver import build_lr_scheduler
 from mutual_guide.utils.atomic_io import AtomicJSONWriter, remove_stale_temporaries
-from mutual_guide.utils.detectron2_compat import ddp_without_device_ids, last_evaluation_results, registered_hooks
+from mutual_guide.utils.detectron2_compat import (
+    ddp_without_device_ids,
+    last_evaluation_results,
+    registered_hooks,
+    store_evaluation_results,
+)
 
 __all__ = ["Trainer", "load_imagenet_backbone"]
 
@@ -78,14 +84,20 @@ class Trainer(DefaultTrainer):
         """
         detectron2's hooks, and with TEST.EVAL_PERIOD > 0, OUTPUT_DIR/model_best.pth after each evaluation, and
         with TEST.EARLY_STOP_PATIENCE > 0, early stopping (hooks.EarlyStopping); with
-        MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD > 0, the run's assignment summary (hooks.AssignmentStatsSummary).
+        MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD > 0, the run's assignment summary (hooks.AssignmentStatsSummary);
+        with MODEL_EMA.ENABLED, the average of the weights (`_use_ema`).
         """
         # DefaultTrainer.__init__ makes a DetectionCheckpointer right before it calls this, and the checkpointing
         # hooks keep the one they are given: ours (weights must fit the network, or FINETUNE) replaces it first.
         self.checkpointer = MutualGuideCheckpointer(
-            self.model, self.cfg.OUTPUT_DIR, finetune=self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE, trainer=weakref.proxy(self)
+            self.model, self.cfg.OUTPUT_DIR, finetune=self.cfg.MODEL.MUTUAL_GUIDE.FINETUNE, restores_training=True,
+            trainer=weakref.proxy(self)
         )
+        # built here, before resume_or_load: the checkpointer restores it on --resume (EMAHook starts it otherwise)
+        self.ema = build_model_ema(self.cfg, self._unwrapped_model)
         ret = super().build_hooks()
+        if self.ema is not None:
+            self._use_ema(ret)
         if self.cfg.MODEL.MUTUAL_GUIDE.ASSIGNMENT_STATS_PERIOD > 0:
             ret.append(AssignmentStatsSummary(self.cfg.OUTPUT_DIR))
         if not (self.cfg.TEST.EVAL_PERIOD > 0 and len(self.cfg.DATASETS.TEST)):
@@ -113,6 +125,24 @@ class Trainer(DefaultTrainer):
             ret.insert(after_eval, periodic)
             ret.remove(periodic)  # the first of the two: its place before EvalHook
         return ret
+
+    def _use_ema(self, hook_list):
+        """
+        MODEL_EMA.ENABLED: the average is updated right after the LR scheduler's step (before any hook that
+        evaluates or saves), saved in every checkpoint ("model" is the average, checkpoint/checkpointer.py), and
+        evaluated in place of the training weights (TEST.EVAL_PERIOD and the evaluation after training).
+        """
+        self.checkpointer.add_checkpointable(EMA_KEY, self.ema)
+        after_lr = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.LRScheduler)) + 1
+        hook_list.insert(after_lr, EMAHook(self.ema, self._unwrapped_model))
+        evaluation = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
+
+        def test_averaged_weights():
+            results = self.test(self.cfg, self.ema.model)
+            store_evaluation_results(self, results)
+            return results
+
+        hook_list[evaluation] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, test_averaged_weights)
 
     def after_step(self):
         """The hooks after an iteration; then, if one of them asks (`stop_training`), the end of training."""
