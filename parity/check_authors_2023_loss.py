@@ -224,11 +224,11 @@ def main():
                 for source, (logits, deltas) in inputs.items():
                     filled, criterion, total = run_authors(loss_module, mutual, logits, deltas, priors, targets)
                     losses = model.losses(logits, deltas, gt)
+                    name = "mutual guidance" if mutual else "IoU baseline"
+                    print(f"\n{name}, seed {trial}, {source}:")
                     check = check_mutual_guidance if mutual else check_baseline
                     report = check(model, filled, criterion, model.last_labels, losses, args.num_classes)
-                    name = "mutual guidance" if mutual else "IoU baseline"
                     report.append(("total (their scalar)", float(sum(losses.values())), float(total)))
-                    print(f"\n{name}, seed {trial}, {source}:")
                     for item, value, expected in report:
                         key = (name, item)
                         if expected is None:  # a count of differing anchors

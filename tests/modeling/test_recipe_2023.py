@@ -199,3 +199,20 @@ def test_unknown_recipe_is_refused(make_cfg):
     cfg = make_cfg("ShuffleNetV2", "SSD", 128, 3, opts=["MODEL.MUTUAL_GUIDE.RECIPE", "authors_2024"])
     with pytest.raises(ValueError, match="MODEL.MUTUAL_GUIDE.RECIPE must be one of .*'authors_2024'"):
         build_model(cfg)
+
+
+def test_config_keys_reach_the_matcher_and_the_losses(make_cfg):
+    from mutual_guide.modeling.meta_arch.detector import build_recipe
+
+    r = "MODEL.MUTUAL_GUIDE.RECIPE_2023."
+    cfg = make_cfg("ShuffleNetV2", "SSD", 128, 3, opts=[
+        "MODEL.MUTUAL_GUIDE.RECIPE", "authors_2023", r + "TOPK", 7, r + "SIGMA", 3.0, r + "FIX_EMPTY_BATCH", True,
+        r + "FIX_SIOU_CENTRES", True, r + "POLY_EPSILON", 0.5])
+    matcher, losses = build_recipe(cfg)
+    assert (matcher.topk, matcher.sigma) == (7, 3.0)
+    assert repr(losses) == "Authors2023Losses(mutual guidance, fixes=['empty_batch', 'siou_centres'])"
+    assert losses.vfl == (0.75, 2.0, 0.5)
+    cfg.merge_from_list(["MODEL.MUTUAL_GUIDE.ENABLED", False, r + "FIX_BASELINE_LABELS", True])
+    matcher, losses = build_recipe(cfg)
+    assert type(matcher).__name__ == "BestAnchorIoUMatcher" and losses.fix_baseline_labels
+    assert build_recipe(make_cfg("ShuffleNetV2", "SSD", 128, 3))[1] is None  # the paper's recipe by default

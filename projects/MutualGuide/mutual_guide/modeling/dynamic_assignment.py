@@ -142,7 +142,8 @@ class DynamicMutualGuidanceMatcher(AnchorMatcher):
         score = torch.empty_like(anchor_iou)
         for i, (start, end) in enumerate(_segments(counts)):
             if end > start:
-                batched_pairwise_iou(boxes[None, start:end], pred_boxes[i].detach().float(), out=pred_iou[None, start:end])
+                image_boxes = boxes[None, start:end]
+                batched_pairwise_iou(image_boxes, pred_boxes[i].detach().float(), out=pred_iou[None, start:end])
                 score[start:end] = pred_logits[i].detach().t().index_select(0, classes[start:end]).float()
         # the authors' order: sigmoid, divided by sigma, exp, times the anchor IoU, capped at 1
         reg_quality = score.sigmoid_().div_(self.sigma).exp_().mul_(anchor_iou).clamp_(max=1.0)

@@ -28,24 +28,31 @@ class _VarifocalPolyLossSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, targets, alpha, gamma, epsilon):
+        # float32 at least (float64 stays: gradcheck), no copy for float32 logits, which are never written to
         x = logits.to(torch.promote_types(logits.dtype, torch.float32))
         p = torch.sigmoid(x)
-        softplus = F.softplus(x)
-        p_gamma = p.pow(gamma)
-        loss0 = alpha * p_gamma * softplus + epsilon * p_gamma * p
-        grad = (alpha * p_gamma) * (gamma * (1 - p) * softplus + p) + (epsilon * (gamma + 1)) * p_gamma * p * (1 - p)
-        del softplus, p_gamma, p
+        grad = F.softplus(x)  # becomes dL0/dx in place below
+        p_gamma = p * p if gamma == 2.0 else p.pow(gamma)
+        loss = alpha * (p_gamma * grad).sum() + epsilon * (p_gamma * p).sum()  # every score as a negative
+
+        q = torch.sub(1.0, p)
+        grad.mul_(q).mul_(alpha * gamma).add_(p, alpha=alpha)
+        grad.add_(q.mul_(p).mul_(epsilon * (gamma + 1))).mul_(p_gamma)
+        del p, q, p_gamma
 
         positive = targets > 0
         idx = labels.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)
         t = targets.to(x.dtype)
         x_pos = x.gather(-1, idx).squeeze(-1)
         p_pos = torch.sigmoid(x_pos)
-        q = (1 - p_pos).pow(gamma + 1)
-        loss1 = t * (F.softplus(x_pos) - t * x_pos) + epsilon * q
-        loss = loss0.sum() + ((loss1 - loss0.gather(-1, idx).squeeze(-1)) * positive).sum()
+        softplus_pos = F.softplus(x_pos)
+        # the positive score was summed as a negative above: take that out, add its positive term
+        loss0_pos = alpha * p_pos.pow(gamma) * softplus_pos + epsilon * p_pos.pow(gamma + 1)
+        q_pos = (1 - p_pos).pow(gamma + 1)
+        loss1 = t * (softplus_pos - t * x_pos) + epsilon * q_pos
+        loss = loss + ((loss1 - loss0_pos) * positive).sum()
 
-        grad1 = t * (p_pos - t) - epsilon * (gamma + 1) * q * p_pos
+        grad1 = t * (p_pos - t) - epsilon * (gamma + 1) * q_pos * p_pos
         at_label = torch.where(positive, grad1, grad.gather(-1, idx).squeeze(-1))
         grad.scatter_(-1, idx, at_label.unsqueeze(-1))
         ctx.save_for_backward(grad)

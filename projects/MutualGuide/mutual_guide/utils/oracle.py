@@ -289,12 +289,11 @@ def oracle_label_anchors_2023(
         labels = torch.full((len(anchors),), num_classes, dtype=torch.long)
         cls_idx = torch.full((len(anchors),), -1, dtype=torch.long)
         reg_idx = torch.full((len(anchors),), -1, dtype=torch.long)
-        for a in range(len(anchors)):
-            if cls_pos[a]:
-                labels[a] = int(classes_i[cls_box[a]])
-                cls_idx[a] = cls_box[a]
-            if reg_pos[a]:
-                reg_idx[a] = reg_box[a]
+        for a in cls_pos.nonzero().flatten().tolist():
+            labels[a] = int(classes_i[cls_box[a]])
+            cls_idx[a] = cls_box[a]
+        for a in reg_pos.nonzero().flatten().tolist():
+            reg_idx[a] = reg_box[a]
         for k, v in zip(out, (labels, cls_idx, reg_pos, reg_idx, cls_w * cls_pos, reg_w * reg_pos)):
             out[k].append(v)
     return {k: torch.stack(v) for k, v in out.items()}
@@ -351,10 +350,9 @@ def oracle_authors_2023_losses(
     num_pos, weight_sum, bl1_total, siou_total = 0, 0.0, 0.0, 0.0
     for i in range(len(logits)):
         targets = torch.zeros_like(logits[i])
-        for a in range(logits.shape[1]):
-            c = int(labels["cls_labels"][i, a])
-            if c < num_classes and float(labels["cls_weight"][i, a]) > 0:
-                targets[a, c] = labels["cls_weight"][i, a]
+        for a in (labels["cls_labels"][i] < num_classes).nonzero().flatten().tolist():
+            if float(labels["cls_weight"][i, a]) > 0:
+                targets[a, int(labels["cls_labels"][i, a])] = labels["cls_weight"][i, a]
                 num_pos += 1
         cls_total = cls_total + varifocal_poly(logits[i], targets).sum()
         for a in labels["reg_mask"][i].nonzero().flatten().tolist():
