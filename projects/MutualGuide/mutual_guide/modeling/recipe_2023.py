@@ -139,7 +139,7 @@ class Authors2023Losses:
         return self._baseline_losses(logits, deltas, anchors, gt_boxes, labels, box2box_transform)
 
     def _normalizers(self, values: Tensor) -> Tensor:
-        """Counts summed over processes, floored at 1 only under the empty-batch fix."""
+        """Counts summed over processes, floored at 1 only under the empty-batch fix (their bug: no floor)."""
         return global_normalizers(values, minimum=1.0 if self.fix_empty_batch else None)
 
     def _box_targets(self, deltas, anchors, gt_boxes, reg_idx, reg_mask, box2box_transform):
@@ -171,6 +171,7 @@ class Authors2023Losses:
             mask = labels.reg_mask.unsqueeze(-1)
             pred_boxes = torch.where(mask, pred_boxes, pred_boxes.new_tensor([0.0, 0.0, 1.0, 1.0]))
             target_boxes = torch.where(mask, matched / image_size, matched.new_tensor([0.25, 0.5, 1.0, 1.0]))
+            # their bug, followed unless fixed: no offset on the centre distances (NaN at coinciding centres)
             loss_siou = siou_loss(pred_boxes, target_boxes, centre_eps=self.siou_centre_eps)
             loss_siou = (loss_siou * reg_weight).sum()
 
@@ -187,7 +188,7 @@ class Authors2023Losses:
 
     def _baseline_losses(self, logits, deltas, anchors, gt_boxes, labels, box2box_transform):
         c = logits.shape[-1]
-        if not self.fix_baseline_labels:
+        if not self.fix_baseline_labels:  # their bug, followed: class c trains as c - 1 (module docstring)
             labels = shift_labels_as_authors(labels, c)
         alpha, gamma, cls_weight = self.baseline_focal
         _, box_reg_weight, _ = self.weights
