@@ -61,6 +61,9 @@ def main():
 
     cfg = get_cfg()
     mutual_guide.add_mutual_guide_config(cfg)
+    # the detectron2 keys of the paper's detector (meta-architecture, pixel mean...) are in the base config
+    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                     "Base-MutualGuide.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME, cfg.MODEL.NECK.NAME = "ShuffleNetV2", "FPN"
     cfg.INPUT.SIZE, cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = args.size, args.num_classes

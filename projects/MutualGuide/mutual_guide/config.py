@@ -66,6 +66,29 @@ def add_mutual_guide_config(cfg):
     # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
     # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
     _C.MODEL.MUTUAL_GUIDE.FINETUNE = False
+    # Assignment and losses: "paper" (the paper's code, fd2c4cc: the keys above) or "authors_2023" (the authors'
+    # code at 108b4a8: dynamic soft mutual guidance, varifocal + Poly-1, balanced L1 + SIoU; the keys of
+    # RECIPE_2023, docs/recipe_2023.md). ENABLED still chooses mutual guidance or the IoU baseline.
+    _C.MODEL.MUTUAL_GUIDE.RECIPE = "paper"
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023 = CN()
+    # an object takes as many positives as the sum of its TOPK best qualities (truncated, at least 1)
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.TOPK = 15
+    # regression quality: anchor IoU * exp(class score / SIGMA), capped at 1
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.SIGMA = 2.0
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.VFL_ALPHA = 0.75  # weight of the negatives' focal term (their GFocalLoss)
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.VFL_GAMMA = 2.0  # focal exponent of the negatives' term and of Poly-1
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.POLY_EPSILON = 1.0  # weight of the Poly-1 term eps * (1 - p_t)^(gamma + 1)
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.LOSS_CLS_WEIGHT = 2.0  # loss_cls of mutual guidance
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.LOSS_BOX_REG_WEIGHT = 1.0  # loss_box_reg (balanced L1), both assignments
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.LOSS_BOX_IOU_WEIGHT = 2.0  # loss_box_iou (SIoU), mutual guidance only
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.BASELINE_FOCAL_ALPHA = 0.25  # IoU baseline's focal loss (their FocalLoss)
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.BASELINE_FOCAL_GAMMA = 2.0
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.BASELINE_LOSS_CLS_WEIGHT = 2.0  # loss_cls of the IoU baseline
+    # Fixes of the authors' bugs, followed when False (docs/recipe_2023.md): the baseline trains class c as c - 1
+    # and class 0 as background; a batch without positives divides by 0; SIoU is NaN at coinciding centres.
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.FIX_BASELINE_LABELS = False
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.FIX_EMPTY_BATCH = False
+    _C.MODEL.MUTUAL_GUIDE.RECIPE_2023.FIX_SIOU_CENTRES = False
     # Every this many iterations, what the assignment gave each object (positives of each task per object, their
     # overlap, objects left without any, by size) goes to metrics.json and TensorBoard, and a summary of the run to
     # OUTPUT_DIR/assignment_stats.json (modeling/assignment_stats.py); 0: never, and nothing is computed.

@@ -51,6 +51,7 @@ class AnchorLabels(NamedTuple):
     ignored_class: long, at an ignored anchor the class of `cls_idx`'s box, C elsewhere. Read by the loss only under
         the "class" ignore rule (an ignored anchor leaves out that class's score only); under the paper's "anchor"
         rule an ignored anchor has no classification term at all.
+    (`dynamic_assignment.SoftAnchorLabels` adds soft weights to these fields.)
     """
 
     cls_labels: Tensor
@@ -120,16 +121,24 @@ def _mark_top_n_(scores: Tensor, marks: Sequence[Tuple[Tensor, float]], k: int) 
     """
     if k == 0 or scores.shape[0] == 0:
         return scores
-    num_anchors = scores.shape[-1]
-    shift = max(1, (num_anchors - 1).bit_length())
-    reversed_index = torch.arange(num_anchors - 1, -1, -1, device=scores.device)
-    keys = scores.view(torch.int32).to(torch.int64).bitwise_left_shift_(shift).bitwise_or_(reversed_index)
-    top = keys.topk(k, dim=-1).indices  # [T, k], best first
+    top = top_k_lower_index_first(scores, k)
     rank = torch.arange(k, device=scores.device)
     values = scores.gather(1, top)
     for n, mark in marks:
         values = values.masked_fill(rank < n.unsqueeze(-1), mark)
     return scores.scatter_(1, top, values)
+
+
+def top_k_lower_index_first(scores: Tensor, k: int) -> Tensor:
+    """
+    [T, k] column indices of the k highest of each row of the float32 [T, A] `scores` (all >= +0.0), best first,
+    equal scores in increasing index order: one top-k of integer keys (see `_mark_top_n_`), no tie handling.
+    """
+    num_anchors = scores.shape[-1]
+    shift = max(1, (num_anchors - 1).bit_length())
+    reversed_index = torch.arange(num_anchors - 1, -1, -1, device=scores.device)
+    keys = scores.view(torch.int32).to(torch.int64).bitwise_left_shift_(shift).bitwise_or_(reversed_index)
+    return keys.topk(k, dim=-1).indices
 
 
 def _best_anchor_per_box(quality: Tensor) -> Tensor:

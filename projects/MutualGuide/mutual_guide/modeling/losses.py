@@ -5,7 +5,7 @@ Both are computed in float32 whatever the network ran in (autocast or `half()`),
 data-dependent indexing, and with counts kept as tensors: a training step reads nothing back from the device here.
 """
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -18,7 +18,14 @@ from detectron2.utils import comm
 
 from mutual_guide.modeling.assignment import AnchorLabels
 
-__all__ = ["IGNORE_RULES", "balanced_l1_loss", "global_normalizers", "mutual_guide_losses", "sigmoid_focal_loss_sum"]
+__all__ = [
+    "IGNORE_RULES",
+    "balanced_l1_loss",
+    "global_normalizers",
+    "matched_boxes",
+    "mutual_guide_losses",
+    "sigmoid_focal_loss_sum",
+]
 
 IGNORE_RULES = ("anchor", "class")
 
@@ -150,7 +157,7 @@ def sigmoid_focal_loss_sum(
         return _SigmoidFocalLossSum.apply(logits, cls_labels, ignored_class, float(alpha), float(gamma), ignore)
 
 
-def global_normalizers(counts: Tensor) -> Tensor:
+def global_normalizers(counts: Tensor, minimum: Optional[float] = 1.0) -> Tensor:
     """
     Loss normalisers from per-process counts (e.g. of positives), such that N processes of batch B give the
     gradient of one process of batch N * B.
@@ -158,13 +165,29 @@ def global_normalizers(counts: Tensor) -> Tensor:
     DDP averages gradients over the N processes: (1/N) sum_i grad(S_i / d_i). With d_i = max(1, sum_j n_j) / N
     that is grad(sum_i S_i) / max(1, sum_j n_j), the single-process loss of the whole batch. The logged losses
     (averaged over processes by the trainer) are then the single-process losses too. One all-reduce of the
-    stacked counts, no host synchronisation; a single process divides by max(1, n).
+    stacked counts, no host synchronisation; a single process divides by max(1, n). `minimum` None: no floor
+    (sums of soft weights, or the authors' 2023 division by a count that may be 0).
     """
     world_size = comm.get_world_size()
     if world_size > 1:
         counts = counts.detach().clone()
         dist.all_reduce(counts)
-    return counts.clamp(min=1) / world_size
+    if minimum is not None:
+        counts = counts.clamp(min=minimum)
+    return counts / world_size
+
+
+def matched_boxes(gt_boxes: Tensor, box_idx: Tensor, mask: Tensor, anchors: Tensor) -> Tensor:
+    """
+    [N, A, 4] float32: at each anchor where `mask` ([N, A]) is set, box `box_idx` of its image's `gt_boxes`
+    ([N, G, 4], padded); elsewhere the anchor itself ([A, 4]), a harmless target (finite deltas, IoU 1) that the
+    losses then mask out. Dense and masked: no nonzero, no host read.
+    """
+    n, a = mask.shape
+    if gt_boxes.shape[1] == 0:  # no box in the batch: one padding box to gather from (masked out anyway)
+        gt_boxes = gt_boxes.new_zeros(n, 1, 4)
+    matched = gt_boxes.float().gather(1, box_idx.unsqueeze(-1).expand(n, a, 4))
+    return torch.where(mask.unsqueeze(-1), matched, anchors.float())
 
 
 def mutual_guide_losses(
@@ -211,11 +234,8 @@ def mutual_guide_losses(
         # (finite deltas, then masked out) instead of the padding's empty box.
         n, a = labels.reg_mask.shape
         anchors = anchors.float()
-        if gt_boxes.shape[1] == 0:  # no box in the batch: one padding box to gather from (masked out anyway)
-            gt_boxes = gt_boxes.new_zeros(n, 1, 4)
-        matched = gt_boxes.float().gather(1, labels.reg_idx.unsqueeze(-1).expand(n, a, 4))
         reg_mask = labels.reg_mask.unsqueeze(-1)
-        matched = torch.where(reg_mask, matched, anchors)
+        matched = matched_boxes(gt_boxes, labels.reg_idx, labels.reg_mask, anchors)
         target_deltas = box2box_transform.get_deltas(anchors.repeat(n, 1), matched.view(-1, 4)).view(n, a, 4)
         deltas = deltas.to(torch.promote_types(deltas.dtype, torch.float32))
         loss_box = balanced_l1_loss(deltas, target_deltas, alpha=bl1_alpha, gamma=bl1_gamma, beta=bl1_beta)

@@ -28,16 +28,55 @@ from mutual_guide.modeling.anchors import (
 from mutual_guide.modeling.assignment import AnchorMatcher, build_anchor_matcher, pad_ground_truth
 from mutual_guide.modeling.assignment_stats import assignment_statistics, statistic_names
 from mutual_guide.modeling.batching import GroundTruth, batch_ground_truth, batch_images
+from mutual_guide.modeling.dynamic_assignment import DynamicMutualGuidanceMatcher
 from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
 from mutual_guide.modeling.head import MutualGuideHead, MutualGuideHead2023
 from mutual_guide.modeling.losses import IGNORE_RULES, mutual_guide_losses
 from mutual_guide.modeling.neck import build_neck
 from mutual_guide.modeling.postprocessing import rescale_detections, select_detections
+from mutual_guide.modeling.recipe_2023 import Authors2023Losses
 from mutual_guide.modeling.training_samples import put_training_samples, training_class_names
 from mutual_guide.utils.detectron2_compat import transpose_dense_predictions
 from mutual_guide.utils.events import put_scalars_in_background
 
-__all__ = ["MutualGuideDetector"]
+__all__ = ["RECIPES", "MutualGuideDetector", "build_recipe"]
+
+RECIPES = ("paper", "authors_2023")
+
+
+def build_recipe(cfg) -> Tuple[AnchorMatcher, Optional[Authors2023Losses]]:
+    """
+    The anchor matcher and, for MODEL.MUTUAL_GUIDE.RECIPE "authors_2023", the losses of the recipe the config
+    asks for (None: the paper's losses, from the detector's own loss arguments).
+    """
+    mg = cfg.MODEL.MUTUAL_GUIDE
+    if mg.RECIPE not in RECIPES:
+        raise ValueError(f"MODEL.MUTUAL_GUIDE.RECIPE must be one of {RECIPES}, got {mg.RECIPE!r}")
+    if mg.RECIPE == "paper":
+        return build_anchor_matcher(mg.ENABLED, mg.IOU_THRESHOLDS, mg.NUM_CLASSES), None
+    r = mg.RECIPE_2023
+    if mg.ENABLED:
+        matcher = DynamicMutualGuidanceMatcher(mg.NUM_CLASSES, topk=r.TOPK, sigma=r.SIGMA)
+    else:
+        matcher = build_anchor_matcher(False, mg.IOU_THRESHOLDS, mg.NUM_CLASSES)
+    losses = Authors2023Losses(
+        num_classes=mg.NUM_CLASSES,
+        mutual_guidance=mg.ENABLED,
+        vfl_alpha=r.VFL_ALPHA,
+        vfl_gamma=r.VFL_GAMMA,
+        poly_epsilon=r.POLY_EPSILON,
+        cls_weight=r.LOSS_CLS_WEIGHT,
+        box_reg_weight=r.LOSS_BOX_REG_WEIGHT,
+        box_iou_weight=r.LOSS_BOX_IOU_WEIGHT,
+        balanced_l1=(mg.BALANCED_L1_ALPHA, mg.BALANCED_L1_GAMMA, mg.BALANCED_L1_BETA),
+        baseline_focal_alpha=r.BASELINE_FOCAL_ALPHA,
+        baseline_focal_gamma=r.BASELINE_FOCAL_GAMMA,
+        baseline_cls_weight=r.BASELINE_LOSS_CLS_WEIGHT,
+        fix_baseline_labels=r.FIX_BASELINE_LABELS,
+        fix_empty_batch=r.FIX_EMPTY_BATCH,
+        fix_siou_centres=r.FIX_SIOU_CENTRES,
+    )
+    return matcher, losses
 
 
 @META_ARCH_REGISTRY.register()
@@ -67,6 +106,7 @@ class MutualGuideDetector(DenseDetector):
         anchor_base_size: float = 24.0,
         network: str = "mg2020",
         anchor_matcher: AnchorMatcher,
+        recipe_losses: Optional[Authors2023Losses] = None,
         ignore: str = "anchor",
         box2box_transform: Box2BoxTransform,
         focal_loss_alpha: float = 0.25,
@@ -96,7 +136,11 @@ class MutualGuideDetector(DenseDetector):
             network: "mg2020" (the paper's pyramid and anchors) or "mg2023" (the authors' code at 108b4a8); it must be
                 the network of `neck` (`anchors.py`).
             anchor_matcher: labels the anchors for both tasks (`assignment.py`): `MutualGuidanceMatcher` or the IoU
-                baseline `BestAnchorIoUMatcher`, built for `num_classes`.
+                baseline `BestAnchorIoUMatcher`, built for `num_classes`; or the authors' 2023 one
+                (`DynamicMutualGuidanceMatcher`).
+            recipe_losses: the losses of the authors' code at 108b4a8 (`recipe_2023.Authors2023Losses`, for the
+                kind of `anchor_matcher`); None: the paper's losses, set by the arguments below (which the 2023
+                losses do not read).
             ignore: what an ignored anchor leaves out of the focal loss, one of `IGNORE_RULES`.
             box2box_transform: box encoding (weights 10, 10, 5, 5: the SSD variances).
             focal_loss_alpha, focal_loss_gamma: the focal loss.
@@ -124,6 +168,11 @@ class MutualGuideDetector(DenseDetector):
                 f"anchor_matcher labels {anchor_matcher.num_classes} classes, the detector has {num_classes}"
             )
         self.anchor_matcher = anchor_matcher
+        if recipe_losses is not None:
+            soft = isinstance(anchor_matcher, DynamicMutualGuidanceMatcher)
+            if recipe_losses.mutual_guidance != soft or recipe_losses.num_classes != num_classes:
+                raise ValueError(f"{recipe_losses!r} does not fit {anchor_matcher!r}")
+        self.recipe_losses = recipe_losses
         if ignore not in IGNORE_RULES:
             raise ValueError(f"MODEL.MUTUAL_GUIDE.IGNORE must be one of {IGNORE_RULES}, got {ignore!r}")
         self.ignore = ignore
@@ -180,6 +229,7 @@ class MutualGuideDetector(DenseDetector):
             head = MutualGuideHead(
                 in_channels=neck.out_channels, num_levels=neck.num_levels, num_classes=mg.NUM_CLASSES
             )
+        anchor_matcher, recipe_losses = build_recipe(cfg)
         return {
             "backbone": backbone,
             "neck": neck,
@@ -188,7 +238,8 @@ class MutualGuideDetector(DenseDetector):
             "input_size": cfg.INPUT.SIZE,
             "anchor_base_size": mg.ANCHOR_BASE_SIZE,
             "network": mg.NETWORK,
-            "anchor_matcher": build_anchor_matcher(mg.ENABLED, mg.IOU_THRESHOLDS, mg.NUM_CLASSES),
+            "anchor_matcher": anchor_matcher,
+            "recipe_losses": recipe_losses,
             "ignore": mg.IGNORE,
             "box2box_transform": Box2BoxTransform(weights=mg.BBOX_REG_WEIGHTS),
             "focal_loss_alpha": mg.FOCAL_LOSS_ALPHA,
@@ -320,11 +371,17 @@ class MutualGuideDetector(DenseDetector):
         images: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         """
-        Focal loss over positive and negative anchors, balanced L1 over regression positives (float32).
+        The paper's: focal loss over positive and negative anchors, balanced L1 over regression positives; or
+        those of `recipe_losses` (float32). The total loss is the sum of the terms.
         `images` (the normalised input) are drawn with the step's anchor labels every `vis_period` iterations.
         """
         gt = self._ground_truth(gt)
         gt_boxes, labels = self.label_anchors(logits, deltas, gt)
+        if self.recipe_losses is not None:
+            losses = self.recipe_losses(
+                logits, deltas, self.anchors, gt_boxes, labels, self.box2box_transform, self.input_size
+            )
+            return self._log_assignment(losses, logits, gt, labels, images)
         alpha, gamma, beta = self.balanced_l1
         losses = mutual_guide_losses(
             logits,
@@ -342,6 +399,10 @@ class MutualGuideDetector(DenseDetector):
             box_weight=self.loss_weights[1],
             ignore=self.ignore,
         )
+        return self._log_assignment(losses, logits, gt, labels, images)
+
+    def _log_assignment(self, losses, logits, gt: GroundTruth, labels, images) -> Dict[str, Tensor]:
+        """Positives per image every step; assignment statistics and drawings at their periods. Returns `losses`."""
         try:
             storage = get_event_storage()
         except AssertionError:  # no EventStorage outside a trainer
