@@ -165,11 +165,10 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """
         detectron2's evaluation, the model giving the candidates its NMS removed for the per-image records
-        (evaluation/records.py); with TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py), whose merge
-        gives none.
+        (evaluation/records.py); with TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py), without them.
         """
-        if cfg.TEST.SLICE.ENABLED:
-            model = SlicedDetector.from_config(cfg, model, build_test_transform(cfg))
+        if cfg.TEST.SLICE.ENABLED:  # the merge of the tiles keeps no removed candidates: not asked for
+            return super().test(cfg, SlicedDetector.from_config(cfg, model, build_test_transform(cfg)), evaluators)
         with removed_candidates_recorded(model):
             return super().test(cfg, model, evaluators)
 

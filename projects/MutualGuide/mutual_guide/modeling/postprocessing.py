@@ -30,9 +30,9 @@ _REMOVED_CHUNK = 4096  # candidates per IoU block: bounds the [removed, kept] Io
 @contextlib.contextmanager
 def removed_candidates_recorded(model: nn.Module):
     """
-    Within the block, every detector inside `model` (itself, a DDP or SlicedDetector wrapper's) that can
-    (a `record_removed_candidates` attribute) adds REMOVED_CANDIDATES to its test-time outputs. Off outside:
-    inference and the exported graph are unchanged. A SlicedDetector merges tiles and drops the key.
+    Within the block, every detector inside `model` (itself, or a DDP wrapper's) that can (a
+    `record_removed_candidates` attribute) adds REMOVED_CANDIDATES to its test-time outputs. Off outside:
+    inference and the exported graph are unchanged.
     """
     detectors = [m for m in model.modules() if hasattr(m, "record_removed_candidates")]
     before = [m.record_removed_candidates for m in detectors]
