@@ -20,7 +20,8 @@ from mutual_guide.evaluation.report import RECALL_GRID, confusion_matrix, interp
 from mutual_guide.utils.drawing import PALETTE
 
 CLASSES = ["circle", "square", "triangle"]
-REPORT_FILES = ["confusion_matrix.png", "per_class.json", "pr_curve.png"]
+REPORT_FILES = ["alignment.json", "alignment.png", "confusion_matrix.png", "per_class.json", "per_image.json.gz",
+                "pr_curve.png"]
 
 
 # ----------------------------------------------------------------------------- the confusion matrix's rule

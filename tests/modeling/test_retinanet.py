@@ -11,11 +11,12 @@ from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.modeling import build_model
 from detectron2.modeling.matcher import Matcher
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from mutual_guide.data import make_synthetic_dataset
 from mutual_guide.modeling.assignment import MutualGuidanceMatcher
+from mutual_guide.modeling.postprocessing import REMOVED_CANDIDATES, removed_candidates_recorded
 
 C = 3
 
@@ -116,6 +117,36 @@ def test_without_mutual_guidance_it_is_detectron2s_retinanet(retinanets):
         assert len(e) > 0 and e.image_size == o.image_size
         assert torch.equal(e.pred_boxes.tensor, o.pred_boxes.tensor)
         assert torch.equal(e.scores, o.scores) and torch.equal(e.pred_classes, o.pred_classes)
+
+
+def test_removed_candidates_only_when_asked_detections_unchanged(retinanets):
+    # RetinaNet's inference with its removed candidates: the same detections, and each removed candidate owned by
+    # a detection of its class, scoring at least as much, overlapping it above the NMS IoU (before the clip of
+    # detector_postprocess, so checked on candidates inside the image only)
+    _, ours, _ = retinanets
+    batch = [{"image": x["image"], "height": 2 * x["image"].shape[1], "width": x["image"].shape[2]}
+             for x in two_sizes_batch()]
+    ours.eval()
+    with torch.no_grad():
+        plain = ours(batch)
+        with removed_candidates_recorded(ours):
+            recorded = ours(batch)
+    assert not ours.record_removed_candidates and all(REMOVED_CANDIDATES not in o for o in plain)
+    for p, r, x in zip(plain, recorded, batch):
+        assert not r["instances"].has("nms_position")
+        assert torch.equal(p["instances"].pred_boxes.tensor, r["instances"].pred_boxes.tensor)
+        assert torch.equal(p["instances"].scores, r["instances"].scores)
+        detections, removed = r["instances"], r[REMOVED_CANDIDATES]
+        assert removed.image_size == (x["height"], x["width"]) and len(removed) > 20
+        owner = removed.kept_index
+        assert owner.min() >= 0 and owner.max() < len(detections)
+        assert torch.equal(removed.pred_classes, detections.pred_classes[owner])
+        assert (removed.scores <= detections.scores[owner]).all()
+        h, w = x["height"], x["width"]
+        inside = lambda b: (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < w) & (b[:, 3] < h)  # noqa: E731
+        both = inside(removed.pred_boxes.tensor) & inside(detections.pred_boxes.tensor[owner])
+        ious = pairwise_iou(removed.pred_boxes[both], detections.pred_boxes[owner[both]]).diagonal()
+        assert both.sum() > 10 and (ious > ours.test_nms_thresh - 1e-4).all()
 
 
 def test_with_mutual_guidance_labels_are_the_oracles(retinanets, oracle):

@@ -47,6 +47,21 @@ def test_dense_box_regression_loss_is_the_l1_of_the_foreground_deltas():
     assert loss.item() == pytest.approx(0.6)
 
 
+def test_decode_multi_level_predictions_keeps_the_top_k_above_the_threshold_per_level():
+    detector = bare_retinanet()
+    detector.box2box_transform = Box2BoxTransform((1.0, 1.0, 1.0, 1.0))
+    anchors = [Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0]])),
+               Boxes(torch.tensor([[0.0, 0.0, 20.0, 20.0]]))]
+    scores = [torch.tensor([[0.9, 0.1], [0.3, 0.6]]), torch.tensor([[0.05, 0.7]])]  # [anchors, 2 classes]
+    deltas = [torch.zeros(2, 4), torch.tensor([[0.1, 0.0, 0.0, 0.0]])]  # level 1 moved right by 0.1 * 20
+    pred = compat.decode_multi_level_predictions(detector, anchors, scores, deltas, 0.2, 2, (32, 32))
+    # level 0: 0.9, 0.6 (0.3 is third, cut by top-2); level 1: 0.7; 0.1 and 0.05 under the threshold
+    assert pred.scores.tolist() == pytest.approx([0.9, 0.6, 0.7])
+    assert pred.pred_classes.tolist() == [0, 1, 1]
+    assert pred.pred_boxes.tensor.tolist() == [[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0],
+                                               [2.0, 0.0, 22.0, 20.0]]
+
+
 def test_ema_update_starts_at_the_initial_value_and_keeps_the_moving_average():
     detector = bare_retinanet()
     # 0.9 * 100 + 0.1 * 10 on the first call, then 0.9 * 91 + 0.1 * 1

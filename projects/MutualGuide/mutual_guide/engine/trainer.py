@@ -21,6 +21,7 @@ from mutual_guide.engine.preflight import check_num_classes
 from mutual_guide.engine.slicing import SlicedDetector
 from mutual_guide.evaluation import build_dataset_evaluator
 from mutual_guide.modeling.backbone import load_pretrained_backbone
+from mutual_guide.modeling.postprocessing import removed_candidates_recorded
 from mutual_guide.solver import build_lr_scheduler
 from mutual_guide.utils.atomic_io import AtomicJSONWriter, remove_stale_temporaries
 from mutual_guide.utils.detectron2_compat import (
@@ -192,10 +193,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's evaluation; with TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py)."""
-        if cfg.TEST.SLICE.ENABLED:
-            model = SlicedDetector.from_config(cfg, model, build_test_transform(cfg))
-        return super().test(cfg, model, evaluators)
+        """
+        detectron2's evaluation, the model giving the candidates its NMS removed for the per-image records
+        (evaluation/records.py); with TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py), without them.
+        """
+        if cfg.TEST.SLICE.ENABLED:  # the merge of the tiles keeps no removed candidates: not asked for
+            return super().test(cfg, SlicedDetector.from_config(cfg, model, build_test_transform(cfg)), evaluators)
+        with removed_candidates_recorded(model):
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

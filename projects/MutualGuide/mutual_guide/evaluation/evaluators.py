@@ -13,8 +13,8 @@ re-reads every XML with int() and requires <pose> and <truncated>, so it rejects
 therefore training) accepts; here the ground truth is the reader's records, the same ones training used.
 
 With a `report_dir`, both evaluators also leave the per-class table, precision-recall curves and confusion
-matrix of evaluation_report.py there, from the same numbers as their metric; the metric they return is
-unchanged.
+matrix of evaluation_report.py there, from the same numbers as their metric, and the per-image records
+(records.py) with the alignment report computed from them (alignment.py); the metric they return is unchanged.
 """
 import logging
 from collections import OrderedDict, defaultdict
@@ -25,6 +25,7 @@ import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.evaluation.pascal_voc_evaluation import voc_ap
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils import comm
@@ -33,6 +34,15 @@ from mutual_guide.data.box_convention import evaluation_boxes
 from mutual_guide.data.check import checked_records, read_by_our_readers
 from mutual_guide.data.problems import DatasetError, format_problems
 from mutual_guide.data.voc_reader import read_voc_dataset
+from mutual_guide.evaluation.alignment import write_alignment_report
+from mutual_guide.evaluation.matching import voc_iou
+from mutual_guide.evaluation.records import (
+    ImageRecords,
+    coco_detection_rows,
+    near_an_object,
+    voc_detection_rows,
+    write_records,
+)
 from mutual_guide.evaluation.report import (
     RECALL_GRID,
     ClassResults,
@@ -42,6 +52,7 @@ from mutual_guide.evaluation.report import (
     interpolated_precision,
     write_evaluation_report,
 )
+from mutual_guide.modeling.postprocessing import REMOVED_CANDIDATES
 
 __all__ = ["COCOEvaluatorWithConvention", "VOCEvaluator", "voc_ground_truth", "voc_iou"]
 
@@ -49,16 +60,27 @@ _IOU_THRESHOLDS = range(50, 100, 5)
 
 
 def _with_convention(outputs, convention):
-    """`outputs` with every prediction box as the result writers must see it in `convention`."""
+    """`outputs` with every prediction box (and removed candidate's) as the result writers must see it in
+    `convention`."""
     if convention == "detectron2":
         return outputs
     converted = []
     for output in outputs:
-        instances = output["instances"]
-        shifted = Instances(instances.image_size, **instances.get_fields())
-        shifted.pred_boxes = Boxes(evaluation_boxes(instances.pred_boxes.tensor, convention))
-        converted.append({**output, "instances": shifted})
+        output = dict(output)
+        for key in ("instances", REMOVED_CANDIDATES):
+            if key in output:
+                instances = output[key]
+                shifted = Instances(instances.image_size, **instances.get_fields())
+                shifted.pred_boxes = Boxes(evaluation_boxes(instances.pred_boxes.tensor, convention))
+                output[key] = shifted
+        converted.append(output)
     return converted
+
+
+def _records_header(dataset_name, metric, convention, nms_thresh, score_thresh, removed_recorded, voc07=False):
+    return {"dataset": dataset_name, "classes": list(MetadataCatalog.get(dataset_name).thing_classes),
+            "metric": metric, "voc07": voc07, "box_convention": convention, "nms_thresh": nms_thresh,
+            "score_thresh": score_thresh, "removed_recorded": removed_recorded}
 
 
 def voc_ground_truth(records):
@@ -81,11 +103,13 @@ def voc_ground_truth(records):
 
 class VOCEvaluator(PascalVOCDetectionEvaluator):
     def __init__(self, dataset_name, box_convention="detectron2", skip_bad_images=False, report_dir=None,
-                 report_score_thresh=0.3):
+                 report_score_thresh=0.3, nms_thresh=None, score_thresh=None, records=True):
         """
         Args:
-            report_dir: where the evaluation report goes (evaluation_report.py); None: no report.
+            report_dir: where the evaluation report and the per-image records go; None: neither.
             report_score_thresh: predictions from this score enter the report's confusion matrix.
+            nms_thresh, score_thresh: the model's test-time NMS IoU and score threshold, written in the records.
+            records: with `report_dir`, also the per-image records and the alignment report.
         """
         # Not PascalVOCDetectionEvaluator.__init__: it prepares the XML re-reading that this class replaces.
         meta = MetadataCatalog.get(dataset_name)
@@ -96,13 +120,44 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         self._skip_bad_images = skip_bad_images
         self._report_dir = report_dir
         self._report_score_thresh = report_score_thresh
+        self._nms_thresh, self._score_thresh = nms_thresh, score_thresh
         self._cpu_device = torch.device("cpu")
         self._logger = logging.getLogger(__name__)
+        self._truth_cache = None
+        self._records = ImageRecords("VOC")
+        self._with_records = bool(report_dir) and records
+
+    def reset(self):
+        super().reset()
+        self._records = ImageRecords("VOC")
+
+    def _truth(self):
+        """voc_ground_truth of the dataset, read once."""
+        if self._truth_cache is None:
+            self._truth_cache = voc_ground_truth(self._ground_truth_records())
+        return self._truth_cache
 
     def process(self, inputs, outputs):
-        super().process(inputs, _with_convention(outputs, self._box_convention))
+        outputs = _with_convention(outputs, self._box_convention)
+        super().process(inputs, outputs)
+        if not self._with_records:
+            return
+        truth = self._truth()
+        for x, output in zip(inputs, outputs):
+            boxes, classes, difficult = truth[x["image_id"]]
+            area = (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
+            gt = [[int(c), *b, int(d), a] for b, c, d, a in zip(boxes.tolist(), classes, difficult, area.tolist())]
+            removed = output.get(REMOVED_CANDIDATES)
+            if removed is not None:
+                removed = removed.to(self._cpu_device)
+                approx = removed.pred_boxes.tensor.numpy() + np.array([1.0, 1.0, 0.0, 0.0])  # as the lines write them
+                removed = removed[torch.from_numpy(near_an_object("VOC", approx, removed.pred_classes.numpy(), gt))]
+                removed = [row + [k] for row, k in zip(voc_detection_rows(removed), removed.kept_index.tolist())]
+            self._records.add(x["image_id"], x.get("file_name"), gt,
+                              voc_detection_rows(output["instances"].to(self._cpu_device)), removed)
 
     def evaluate(self):
+        gathered = self._records.gathered() if self._with_records else None
         all_predictions = comm.gather(self._predictions, dst=0)
         if not comm.is_main_process():
             return
@@ -114,7 +169,7 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             f"Evaluating {self._dataset_name} with the VOC{2007 if self._is_2007 else 2012} metric, ground truth "
             f"from our VOC reader, boxes in the {self._box_convention!r} convention"
         )
-        truth = voc_ground_truth(self._ground_truth_records())
+        truth = self._truth()
         aps = defaultdict(list)  # IoU threshold (percent) -> AP per class
         curves = []  # (recall, precision) per class at IoU 0.5
         num_ground_truth = _num_ground_truth(truth, len(self._class_names))
@@ -131,9 +186,17 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
                 f"difficult ones) left out of the mean AP: {', '.join(skipped)}"
             )
         mean_ap = {iou: _mean_defined(x) for iou, x in aps.items()}
+        results = {"AP": np.mean(list(mean_ap.values())), "AP50": mean_ap[50], "AP75": mean_ap[75]}
         if self._report_dir:
             self._write_report(aps, curves, predictions, truth)
-        return OrderedDict(bbox={"AP": np.mean(list(mean_ap.values())), "AP50": mean_ap[50], "AP75": mean_ap[75]})
+        if self._with_records:
+            images, removed_recorded = gathered
+            header = _records_header(self._dataset_name, "VOC", self._box_convention, self._nms_thresh,
+                                     self._score_thresh, removed_recorded, voc07=self._is_2007)
+            records = {**header, "images": images}
+            write_records(self._report_dir, header, images)
+            write_alignment_report(self._report_dir, records, results)
+        return OrderedDict(bbox=results)
 
     def _write_report(self, aps, curves, predictions, truth):
         """The report of evaluation_report.py, from the per-class APs and curves the metric was made of."""
@@ -184,21 +247,6 @@ def _mean_defined(values):
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     return float(np.mean(values)) if values.size else float("nan")
-
-
-def voc_iou(detections, ground_truth):
-    """
-    [D, G] IoU of XYXY boxes as detectron2's voc_eval measures it: pixels are inclusive (+1 on each side), and
-    the arithmetic is done in its order, so the values are its own to the last bit.
-    """
-    bb, gt = detections[:, None, :], ground_truth[None, :, :]
-    iw = np.maximum(np.minimum(gt[..., 2], bb[..., 2]) - np.maximum(gt[..., 0], bb[..., 0]) + 1.0, 0.0)
-    ih = np.maximum(np.minimum(gt[..., 3], bb[..., 3]) - np.maximum(gt[..., 1], bb[..., 1]) + 1.0, 0.0)
-    inters = iw * ih
-    union = (bb[..., 2] - bb[..., 0] + 1.0) * (bb[..., 3] - bb[..., 1] + 1.0) + (gt[..., 2] - gt[..., 0] + 1.0) * (
-        gt[..., 3] - gt[..., 1] + 1.0
-    ) - inters
-    return inters / union
 
 
 def _parse_lines(lines):
@@ -293,12 +341,16 @@ class COCOEvaluatorWithConvention(COCOEvaluator):
     """
 
     def __init__(self, dataset_name, box_convention="detectron2", report_dir=None, report_score_thresh=0.3,
-                 **kwargs):
+                 nms_thresh=None, score_thresh=None, records=True, **kwargs):
         super().__init__(dataset_name, **kwargs)
         self._dataset_name = dataset_name
         self._box_convention = box_convention
         self._report_dir = report_dir
         self._report_score_thresh = report_score_thresh
+        self._nms_thresh, self._score_thresh = nms_thresh, score_thresh
+        self._records = ImageRecords("COCO")
+        self._with_records = bool(report_dir) and records
+        self._gathered = None
         # pycocotools' COCOeval reads `iscrowd` and `area` of every ground-truth annotation, which the format
         # (and our reader, hence training) lets a file leave out: filled in as COCO defines them.
         for ann in self._coco_api.dataset.get("annotations", []):
@@ -306,8 +358,38 @@ class COCOEvaluatorWithConvention(COCOEvaluator):
             if "area" not in ann and len(ann.get("bbox", ())) == 4:
                 ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
 
+    def reset(self):
+        super().reset()
+        self._records = ImageRecords("COCO")
+
     def process(self, inputs, outputs):
-        super().process(inputs, _with_convention(outputs, self._box_convention))
+        outputs = _with_convention(outputs, self._box_convention)
+        before = len(self._predictions)
+        super().process(inputs, outputs)
+        if not self._with_records:
+            return
+        mapping = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
+        contiguous = (lambda c: c)  # the json's ids are contiguous until _eval_predictions maps them back
+        for x, output, prediction in zip(inputs, outputs, self._predictions[before:]):
+            gt = []
+            for ann in self._coco_api.imgToAnns.get(x["image_id"], []):
+                if mapping is not None and ann["category_id"] not in mapping:
+                    continue
+                (bx, by, bw, bh), cls = ann["bbox"], mapping[ann["category_id"]] if mapping else ann["category_id"]
+                gt.append([cls, bx, by, bx + bw, by + bh, int(bool(ann.get("iscrowd", 0))), float(ann["area"])])
+            removed = output.get(REMOVED_CANDIDATES)
+            if removed is not None:
+                removed = removed.to(self._cpu_device)
+                near = near_an_object("COCO", removed.pred_boxes.tensor.numpy(), removed.pred_classes.numpy(), gt)
+                removed = removed[torch.from_numpy(near)]
+                rows = coco_detection_rows(instances_to_coco_json(removed, x["image_id"]), contiguous)
+                removed = [row + [k] for row, k in zip(rows, removed.kept_index.tolist())]
+            self._records.add(x["image_id"], x.get("file_name"), gt,
+                              coco_detection_rows(prediction.get("instances", []), contiguous), removed)
+
+    def evaluate(self, img_ids=None):
+        self._gathered = self._records.gathered() if self._with_records else None  # on every process
+        return super().evaluate(img_ids)
 
     def _eval_predictions(self, predictions, img_ids=None):
         if img_ids is None:
@@ -316,6 +398,12 @@ class COCOEvaluatorWithConvention(COCOEvaluator):
         super()._eval_predictions(predictions, img_ids=img_ids)
         if self._report_dir and "bbox" in self._results:
             self._write_report(self._bbox_eval, img_ids)
+        if self._with_records and "bbox" in self._results:
+            images, removed_recorded = self._gathered
+            header = _records_header(self._dataset_name, "COCO", self._box_convention, self._nms_thresh,
+                                     self._score_thresh, removed_recorded)
+            write_records(self._report_dir, header, images)
+            write_alignment_report(self._report_dir, {**header, "images": images}, self._results["bbox"])
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         if iou_type == "bbox":

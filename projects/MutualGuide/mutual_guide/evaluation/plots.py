@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from mutual_guide.utils.atomic_io import write_atomically
 from mutual_guide.utils.drawing import PALETTE
 
-__all__ = ["plot_confusion_matrix", "plot_pr_curves"]
+__all__ = ["plot_alignment", "plot_confusion_matrix", "plot_pr_curves"]
 
 _MAX_CURVES_IN_LEGEND = 20  # more classes: only the 5 best and 5 worst are named
 _MAX_CELLS_WITH_COUNTS = 30  # a larger matrix has no room to write its counts
@@ -100,4 +100,52 @@ def plot_confusion_matrix(path, dataset_name, labels, counts, iou_threshold, sco
         "background row: detections of no object; background column: objects not detected",
         fontsize=20 if many else 12,
     )
+    _save(figure, path)
+
+
+def plot_alignment(path, panels):
+    """
+    Score against IoU of the detections matched at IoU 0.5, one panel per run side by side (alignment.py,
+    tools/compare_runs.py): a hexbin of the detections (log counts) and the mean score per IoU bin of 0.05.
+    `panels`: (title, scores, ious, figures) with figures holding "spearman", "matched" and "worse_placed".
+    The score axis ends a little above the highest matched score of all panels (an early model scores low).
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    figure = Figure(figsize=(7.0 * len(panels), 6.0), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    bins = np.linspace(0.5, 1.0, 11)
+    top = max([float(np.max(p[1])) for p in panels if len(p[1])] or [1.0])
+    top = min(1.0, max(0.05, np.ceil(top * 11) / 10))  # about 10% above the highest score, on a 0.1 step
+    for ax, (title, scores, ious, figures) in zip(axes, panels):
+        scores, ious = np.asarray(scores, dtype=np.float64), np.asarray(ious, dtype=np.float64)
+        if len(scores):
+            cells = ax.hexbin(ious, scores, gridsize=(25, 18), extent=(0.5, 1.0, 0.0, top), bins="log",
+                              cmap="viridis", mincnt=1, linewidths=0.2)  # a single detection stays visible
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            colourbar = figure.colorbar(cells, ax=ax, shrink=0.85, format=plain)
+            colourbar.ax.yaxis.set_minor_formatter(plain)
+            colourbar.set_label("matched detections per cell", fontsize=11)
+            which = np.clip(np.digitize(ious, bins) - 1, 0, len(bins) - 2)
+            centres, means = [], []
+            for b in range(len(bins) - 1):
+                if (which == b).any():
+                    centres.append((bins[b] + bins[b + 1]) / 2)
+                    means.append(scores[which == b].mean())
+            ax.plot(centres, means, color="#d62728", linewidth=2.5, marker="o", label="mean score per IoU bin")
+            ax.legend(loc="upper left", fontsize=11)
+        else:
+            ax.text(0.75, top / 2, "no matched detection", ha="center", va="center", fontsize=14)
+        worse = figures.get("worse_placed")
+        worse = f"{100 * worse:.1f}%" if worse is not None and np.isfinite(worse) else "not recorded"
+        rho = figures.get("spearman")
+        rho = f"{rho:.3f}" if rho is not None and np.isfinite(rho) else "-"
+        ax.set_title(f"{title}\nSpearman {rho} over {figures.get('matched', len(scores))} matched detections\n"
+                     f"worse placed than a box NMS removed: {worse}", fontsize=12)
+        ax.set_xlim(0.5, 1.0)
+        ax.set_ylim(0.0, top)
+        ax.set_xlabel("IoU with the matched object", fontsize=13)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=11)
+    axes[0].set_ylabel("Score", fontsize=13)
     _save(figure, path)

@@ -1,14 +1,91 @@
-"""Test-time selection of detections from dense predictions, batched over images."""
+"""
+Test-time selection of detections from dense predictions, batched over images; and, when an evaluation asks for
+them (`removed_candidates_recorded`), the candidates NMS removed, each with the kept detection that removed it.
+"""
+import contextlib
 from typing import List, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.layers import batched_nms
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
-__all__ = ["rescale_detections", "select_detections", "top_candidates"]
+__all__ = [
+    "REMOVED_CANDIDATES",
+    "nms_with_removed",
+    "removed_candidates_recorded",
+    "rescale_detections",
+    "select_detections",
+    "top_candidates",
+]
+
+# The key of a model's output dict holding an image's removed candidates (Instances with pred_boxes, scores,
+# pred_classes and kept_index, the index in "instances" of the detection that removed each), when recorded.
+REMOVED_CANDIDATES = "removed_candidates"
+_REMOVED_CHUNK = 4096  # candidates per IoU block: bounds the [removed, kept] IoU matrix's memory
+
+
+@contextlib.contextmanager
+def removed_candidates_recorded(model: nn.Module):
+    """
+    Within the block, every detector inside `model` (itself, or a DDP wrapper's) that can (a
+    `record_removed_candidates` attribute) adds REMOVED_CANDIDATES to its test-time outputs. Off outside:
+    inference and the exported graph are unchanged.
+    """
+    detectors = [m for m in model.modules() if hasattr(m, "record_removed_candidates")]
+    before = [m.record_removed_candidates for m in detectors]
+    for m in detectors:
+        m.record_removed_candidates = True
+    try:
+        yield
+    finally:
+        for m, value in zip(detectors, before):
+            m.record_removed_candidates = value
+
+
+def nms_with_removed(
+    boxes: Tensor, scores: Tensor, classes: Tensor, nms_thresh: float, max_detections: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    Per-class NMS (detectron2's batched_nms) and what it removed.
+
+    Returns:
+        kept: [K] candidate indices of the detections, by decreasing score (the best `max_detections`);
+        removed: [R] candidate indices NMS removed whose remover is among `kept`;
+        removed_by: [R] position in `kept` of the detection that removed each.
+    The remover is found by replaying greedy NMS: the first kept box, in score order, of the same class with
+    IoU > `nms_thresh` (the box that suppressed it when NMS reached it; with equal scores, possibly another of
+    that score). A candidate whose remover is a box NMS kept but `max_detections` cut (it cannot be before every
+    kept detection with IoU > thresh) is left out: the detection that would own it is not in the output.
+    """
+    keep = batched_nms(boxes, scores, classes, nms_thresh)
+    kept = keep[:max_detections]
+    is_kept = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    is_kept[keep] = True
+    candidates = torch.nonzero(~is_kept).squeeze(1)
+    removed, removed_by = [], []
+    # class by class: a candidate is only removed by a box of its class (a fraction of one [removed, kept] matrix)
+    kept_classes = classes[kept]
+    for c in torch.unique(classes[candidates]).tolist():
+        positions = torch.nonzero(kept_classes == c).squeeze(1)
+        if positions.numel() == 0:
+            continue
+        kept_boxes = Boxes(boxes[kept[positions]])
+        of_class = candidates[classes[candidates] == c]
+        for chunk in of_class.split(_REMOVED_CHUNK):
+            suppresses = pairwise_iou(Boxes(boxes[chunk]), kept_boxes) > nms_thresh
+            found = suppresses.any(dim=1)
+            removed.append(chunk[found])
+            # the first True: the first kept box of the class in score order
+            removed_by.append(positions[suppresses[found].int().argmax(dim=1)])
+    empty = candidates.new_zeros(0)
+    if not removed:
+        return kept, empty, empty
+    removed, removed_by = torch.cat(removed), torch.cat(removed_by)
+    order = torch.argsort(removed)  # in candidate order, whatever the class loop's
+    return kept, removed[order], removed_by[order]
 
 
 def top_candidates(logits: Tensor, num_anchors_per_level: List[int], k: int) -> Tuple[Tensor, Tensor]:
@@ -43,7 +120,8 @@ def select_detections(
     nms_thresh: float,
     topk_candidates: int,
     max_detections: int,
-) -> List[Instances]:
+    return_removed: bool = False,
+):
     """
     The paper's test-time selection: sigmoid scores above `score_thresh` among the per-level top
     `topk_candidates` (all when <= 0), decoded and clipped to the S x S image, per-class NMS at `nms_thresh`,
@@ -57,8 +135,10 @@ def select_detections(
     Args:
         logits, deltas: [N, A, C], [N, A, 4] network outputs (any float dtype; scores and boxes in float32).
         anchors: [A, 4] XYXY pixels of the S x S input.
+        return_removed: also return what NMS removed (`nms_with_removed`).
     Returns:
-        N Instances (pred_boxes, scores, pred_classes) in the S x S frame.
+        N Instances (pred_boxes, scores, pred_classes) in the S x S frame; with `return_removed`, also N Instances
+        of the removed candidates (pred_boxes, scores, pred_classes, kept_index: index of their remover).
     """
     n, _, num_classes = logits.shape
     # every anchor's box, decoded in float32 and clipped (Boxes.clip would also assert finiteness: a host read)
@@ -82,15 +162,20 @@ def select_detections(
     boxes = boxes[image_idx, anchor_idx]
     counts = torch.bincount(image_idx, minlength=n).tolist()  # host read 2
 
-    results = []
+    results, removed = [], []
     for boxes_i, scores_i, classes_i in zip(boxes.split(counts), scores.split(counts), classes.split(counts)):
-        kept = batched_nms(boxes_i, scores_i, classes_i, nms_thresh)[:max_detections]
+        if return_removed:
+            kept, gone, gone_by = nms_with_removed(boxes_i, scores_i, classes_i, nms_thresh, max_detections)
+            removed.append(Instances((image_size, image_size), pred_boxes=Boxes(boxes_i[gone]), scores=scores_i[gone],
+                                     pred_classes=classes_i[gone], kept_index=gone_by))
+        else:
+            kept = batched_nms(boxes_i, scores_i, classes_i, nms_thresh)[:max_detections]
         result = Instances((image_size, image_size))
         result.pred_boxes = Boxes(boxes_i[kept])
         result.scores = scores_i[kept]
         result.pred_classes = classes_i[kept]
         results.append(result)
-    return results
+    return (results, removed) if return_removed else results
 
 
 def rescale_detections(result: Instances, height: int, width: int) -> Instances:
@@ -100,12 +185,10 @@ def rescale_detections(result: Instances, height: int, width: int) -> Instances:
     finite and drops empty ones, two host reads per image; here boxes are finite and non-empty already.
     """
     s_h, s_w = result.image_size
-    out = Instances((height, width))
+    out = Instances((height, width), **result.get_fields())  # every other field (kept_index) as it is
     boxes = result.pred_boxes.clone()
     boxes.scale(width / s_w, height / s_h)
     boxes.tensor[:, 0::2] = boxes.tensor[:, 0::2].clamp(0, width)
     boxes.tensor[:, 1::2] = boxes.tensor[:, 1::2].clamp(0, height)
     out.pred_boxes = boxes
-    out.scores = result.scores
-    out.pred_classes = result.pred_classes
     return out

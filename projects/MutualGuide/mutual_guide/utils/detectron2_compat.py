@@ -21,6 +21,7 @@ __all__ = [
     "OVERRIDDEN_PRIVATE_METHODS",
     "best_checkpointer_metric",
     "builtin_coco_metadata",
+    "decode_multi_level_predictions",
     "dense_box_regression_loss",
     "ddp_without_device_ids",
     "ema_update",
@@ -60,6 +61,12 @@ def builtin_coco_metadata():
 def dense_box_regression_loss(*args, **kwargs):
     """detectron2's box loss of RetinaNet (smooth L1, GIoU, DIoU, CIoU) over the foreground anchors."""
     return _dense_box_regression_loss(*args, **kwargs)
+
+
+def decode_multi_level_predictions(detector, anchors, scores, deltas, score_thresh, topk_candidates, image_size):
+    """DenseDetector's candidates of one image before NMS: Instances (pred_boxes, scores, pred_classes) of the
+    best `topk_candidates` per level above `score_thresh`, what RetinaNet.inference_single_image passes to NMS."""
+    return detector._decode_multi_level_predictions(anchors, scores, deltas, score_thresh, topk_candidates, image_size)
 
 
 def ema_update(detector, name: str, value: float, initial_value: float, momentum: float = 0.9) -> float:

@@ -33,7 +33,7 @@ from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
 from mutual_guide.modeling.head import MutualGuideHead, MutualGuideHead2023
 from mutual_guide.modeling.losses import IGNORE_RULES, mutual_guide_losses
 from mutual_guide.modeling.neck import build_neck
-from mutual_guide.modeling.postprocessing import rescale_detections, select_detections
+from mutual_guide.modeling.postprocessing import REMOVED_CANDIDATES, rescale_detections, select_detections
 from mutual_guide.modeling.recipe_2023 import Authors2023Losses
 from mutual_guide.modeling.training_samples import put_training_samples, training_class_names
 from mutual_guide.utils.detectron2_compat import transpose_dense_predictions
@@ -188,6 +188,8 @@ class MutualGuideDetector(DenseDetector):
         self.vis_period = vis_period
         self.vis_class_names = tuple(vis_class_names)
         self.assignment_stats_period = assignment_stats_period
+        # True (postprocessing.removed_candidates_recorded, in evaluation): outputs also hold REMOVED_CANDIDATES
+        self.record_removed_candidates = False
         self.anchor_base_size = anchor_base_size
         self.network = network
         num_levels = num_levels_for(input_size, network)
@@ -327,12 +329,17 @@ class MutualGuideDetector(DenseDetector):
             logits, deltas = self.predict(images.tensor)
             return self.losses(logits, deltas, gt, images=images.tensor)
         logits, deltas = self.predict(images.tensor)
-        results = self.inference(logits, deltas)
+        if self.record_removed_candidates:
+            results, removed = self.inference(logits, deltas, return_removed=True)
+        else:
+            results, removed = self.inference(logits, deltas), None
         processed = []
-        for result, x in zip(results, batched_inputs):
+        for i, (result, x) in enumerate(zip(results, batched_inputs)):
             height = x.get("height", x["image"].shape[-2])
             width = x.get("width", x["image"].shape[-1])
             processed.append({"instances": rescale_detections(result, height, width)})
+            if removed is not None:
+                processed[-1][REMOVED_CANDIDATES] = rescale_detections(removed[i], height, width)
         return processed
 
     # ------------------------------------------------------------------ training
@@ -421,11 +428,12 @@ class MutualGuideDetector(DenseDetector):
         return losses
 
     # ------------------------------------------------------------------ inference
-    def inference(self, logits: Tensor, deltas: Tensor) -> List[Instances]:
+    def inference(self, logits: Tensor, deltas: Tensor, return_removed: bool = False):
         """
         Per image: the best `test_topk_candidates` (anchor, class) pairs of each level whose sigmoid score is above
         the score threshold, decoded and clipped to the image, NMS per class, the best `max_detections_per_image`.
-        Batched over images (see `postprocessing.select_detections`). Returns Instances in the S x S frame.
+        Batched over images (see `postprocessing.select_detections`). Returns Instances in the S x S frame (and,
+        with `return_removed`, the candidates NMS removed: `select_detections`).
         """
         return select_detections(
             logits,
@@ -438,5 +446,6 @@ class MutualGuideDetector(DenseDetector):
             nms_thresh=self.test_nms_thresh,
             topk_candidates=self.test_topk_candidates,
             max_detections=self.max_detections_per_image,
+            return_removed=return_removed,
         )
 

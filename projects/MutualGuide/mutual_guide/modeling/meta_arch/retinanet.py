@@ -41,12 +41,19 @@ from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from mutual_guide.modeling.assignment import AnchorLabels, AnchorMatcher, MutualGuidanceMatcher, pad_ground_truth
 from mutual_guide.modeling.fusion import fold_batchnorm, fold_conv_norms
-from mutual_guide.utils.detectron2_compat import dense_box_regression_loss, ema_update, transpose_dense_predictions
+from mutual_guide.modeling.postprocessing import REMOVED_CANDIDATES, nms_with_removed
+from mutual_guide.utils.detectron2_compat import (
+    decode_multi_level_predictions,
+    dense_box_regression_loss,
+    ema_update,
+    transpose_dense_predictions,
+)
 
 __all__ = ["MutualGuideRetinaNet"]
 
@@ -65,6 +72,9 @@ class MutualGuideRetinaNet(RetinaNet):
         assignment) or an `AnchorMatcher` built for `num_classes` classes.
         """
         super().__init__(**kwargs)
+        # True (postprocessing.removed_candidates_recorded, in evaluation): outputs also hold REMOVED_CANDIDATES
+        self.record_removed_candidates = False
+        self._removed = []  # per image of the current forward, while recording
         matcher = self.anchor_matcher
         if isinstance(matcher, AnchorMatcher) and matcher.num_classes != self.num_classes:
             raise ValueError(
@@ -104,6 +114,51 @@ class MutualGuideRetinaNet(RetinaNet):
         fold_conv_norms(self)
         fold_batchnorm(self)
         return self
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, batched_inputs):
+        """
+        RetinaNet's; while recording removed candidates, each output also holds REMOVED_CANDIDATES in the output
+        image's pixels (detector_postprocess, as the detections), `kept_index` counting the detections left after
+        detector_postprocess dropped the empty ones.
+        """
+        if self.training or not self.record_removed_candidates:
+            return super().forward(batched_inputs)
+        self._removed = []
+        outputs = super().forward(batched_inputs)
+        for output, x, removed in zip(outputs, batched_inputs, self._removed):
+            instances = output["instances"]
+            position = instances.get("nms_position")  # in the NMS output, of each detection left
+            instances.remove("nms_position")
+            height, width = x.get("height", removed.image_size[0]), x.get("width", removed.image_size[1])
+            removed = detector_postprocess(removed, height, width)
+            new_index = torch.full((int(position.max()) + 1 if len(position) else 0,), -1, dtype=torch.long,
+                                   device=position.device)
+            new_index[position] = torch.arange(len(position), device=position.device)
+            inside = removed.kept_index < len(new_index)
+            removed = removed[inside]
+            removed.kept_index = new_index[removed.kept_index]
+            output[REMOVED_CANDIDATES] = removed[removed.kept_index >= 0]
+        self._removed = []
+        return outputs
+
+    def inference_single_image(self, anchors, box_cls, box_delta, image_size):
+        """RetinaNet's; while recording, the candidates NMS removed are kept for `forward` (`nms_with_removed`)."""
+        if not self.record_removed_candidates:
+            return super().inference_single_image(anchors, box_cls, box_delta, image_size)
+        pred = decode_multi_level_predictions(
+            self, anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates, image_size
+        )
+        boxes = pred.pred_boxes.tensor
+        kept, removed, removed_by = nms_with_removed(
+            boxes, pred.scores, pred.pred_classes, self.test_nms_thresh, self.max_detections_per_image
+        )
+        result = pred[kept]
+        result.nms_position = torch.arange(len(kept), device=boxes.device)
+        gone = pred[removed]
+        gone.kept_index = removed_by
+        self._removed.append(gone)
+        return result
 
     @property
     def _labels_per_task(self) -> bool:
