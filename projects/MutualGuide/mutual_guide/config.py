@@ -54,6 +54,9 @@ def add_mutual_guide_config(cfg):
     _C.MODEL.MUTUAL_GUIDE.LOSS_BOX_REG_WEIGHT = 1.0
     _C.MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST = 0.005  # per-class score kept before NMS
     _C.MODEL.MUTUAL_GUIDE.NMS_THRESH_TEST = 0.5  # per-class NMS IoU
+    # Test-time NMS (modeling/postprocessing.py): "per_class", the paper's; "class_agnostic", the authors' code at
+    # 108b4a8 (one NMS on each anchor's best score, then a detection for every class above the threshold).
+    _C.MODEL.MUTUAL_GUIDE.NMS_RULE = "per_class"
     # Fold BatchNorm into the convolutions (and fuse RepVGG branches) before `train_net.py --eval-only` and in
     # MutualGuidePredictor (demo.py): same outputs, faster. Evaluation during training keeps the training model.
     _C.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE = True

@@ -229,6 +229,12 @@ def example_images(size: int, batch_size: int = 1, dtype: torch.dtype = torch.ui
 
 def add_nms(network: nn.Module, model: nn.Module) -> DetectorWithNMS:
     """`network` followed by the test-time selection configured in `model` (a MutualGuideDetector)."""
+    if getattr(model, "test_nms_rule", "per_class") != "per_class":
+        raise ValueError(
+            f"The exported NMS is per class; MODEL.MUTUAL_GUIDE.NMS_RULE is {model.test_nms_rule!r}. Export without "
+            "NMS (the decoded boxes and scores) and apply that rule in the runtime, or set MODEL.MUTUAL_GUIDE.NMS_RULE "
+            "per_class"
+        )
     # a Python int, so that top-k's k stays a constant in traced graphs
     max_detections = min(int(model.max_detections_per_image), int(model.num_classes) * len(model.anchors))
     return DetectorWithNMS(

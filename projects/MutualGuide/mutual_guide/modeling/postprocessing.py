@@ -13,6 +13,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 __all__ = [
+    "NMS_RULES",
     "REMOVED_CANDIDATES",
     "nms_with_removed",
     "removed_candidates_recorded",
@@ -24,6 +25,11 @@ __all__ = [
 # The key of a model's output dict holding an image's removed candidates (Instances with pred_boxes, scores,
 # pred_classes and kept_index, the index in "instances" of the detection that removed each), when recorded.
 REMOVED_CANDIDATES = "removed_candidates"
+# MODEL.MUTUAL_GUIDE.NMS_RULE: "per_class", the paper's (every (anchor, class) pair above the threshold is a
+# candidate, NMS per class); "class_agnostic", the authors' code at 108b4a8 (utils/box/detection.py and test.py):
+# an anchor is a candidate when its best class score is above the threshold, one NMS over all classes on that
+# score, then each kept anchor gives a detection for every class scoring above the threshold.
+NMS_RULES = ("per_class", "class_agnostic")
 _REMOVED_CHUNK = 4096  # candidates per IoU block: bounds the [removed, kept] IoU matrix's memory
 
 
@@ -121,6 +127,7 @@ def select_detections(
     topk_candidates: int,
     max_detections: int,
     return_removed: bool = False,
+    nms_rule: str = "per_class",
 ):
     """
     The paper's test-time selection: sigmoid scores above `score_thresh` among the per-level top
@@ -136,15 +143,23 @@ def select_detections(
         logits, deltas: [N, A, C], [N, A, 4] network outputs (any float dtype; scores and boxes in float32).
         anchors: [A, 4] XYXY pixels of the S x S input.
         return_removed: also return what NMS removed (`nms_with_removed`).
+        nms_rule: "per_class" (above) or "class_agnostic" (`NMS_RULES`, `_select_class_agnostic`).
     Returns:
         N Instances (pred_boxes, scores, pred_classes) in the S x S frame; with `return_removed`, also N Instances
         of the removed candidates (pred_boxes, scores, pred_classes, kept_index: index of their remover).
     """
+    if nms_rule not in NMS_RULES:
+        raise ValueError(f"MODEL.MUTUAL_GUIDE.NMS_RULE must be one of {NMS_RULES}, got {nms_rule!r}")
     n, _, num_classes = logits.shape
     # every anchor's box, decoded in float32 and clipped (Boxes.clip would also assert finiteness: a host read)
     boxes = box2box_transform.apply_deltas(deltas.float().reshape(-1, 4), anchors.float().repeat(n, 1))
     boxes = boxes.clamp(min=0.0, max=float(image_size)).view(n, -1, 4)
     nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # [N, A]
+    if nms_rule == "class_agnostic":
+        return _select_class_agnostic(
+            logits, boxes, nonempty, image_size, num_anchors_per_level, score_thresh, nms_thresh, topk_candidates,
+            max_detections, return_removed,
+        )
     if topk_candidates > 0:
         cand_logits, cand_index = top_candidates(logits, list(num_anchors_per_level), topk_candidates)
         cand_anchor = torch.div(cand_index, num_classes, rounding_mode="floor")
@@ -175,6 +190,71 @@ def select_detections(
         result.scores = scores_i[kept]
         result.pred_classes = classes_i[kept]
         results.append(result)
+    return (results, removed) if return_removed else results
+
+
+def _select_class_agnostic(
+    logits: Tensor,
+    boxes: Tensor,
+    nonempty: Tensor,
+    image_size: int,
+    num_anchors_per_level: Sequence[int],
+    score_thresh: float,
+    nms_thresh: float,
+    topk_candidates: int,
+    max_detections: int,
+    return_removed: bool,
+):
+    """
+    The test-time selection of the authors' code at 108b4a8: an anchor is a candidate when its best class score
+    is above `score_thresh` (and, with `topk_candidates` > 0, it is among the best `topk_candidates` anchors of
+    its level by that score); one NMS per image over all classes, on the best score; every kept anchor then gives
+    a detection for each class scoring above `score_thresh` (one box may be several detections). The best
+    `max_detections` per image by score are returned, in decreasing score. The removed candidates (with
+    `return_removed`) are the anchors the NMS removed, with their best class and score, each attributed to the
+    detection of its remover for that class (left out when the remover has no detection of that class).
+    """
+    n, _, num_classes = logits.shape
+    scores = torch.sigmoid(logits.float())  # [N, A, C]
+    best, best_class = scores.max(dim=2)  # [N, A]
+    keep = (best > score_thresh) & nonempty
+    if topk_candidates > 0:
+        in_top = torch.zeros_like(keep)
+        start = 0
+        for count in num_anchors_per_level:
+            k = min(topk_candidates, count)
+            in_top[:, start : start + count].scatter_(1, best[:, start : start + count].topk(k, dim=1)[1], True)
+            start += count
+        keep &= in_top
+    results, removed = [], []
+    for i in range(n):
+        anchor_idx = keep[i].nonzero().squeeze(1)
+        boxes_i, best_i = boxes[i, anchor_idx], best[i, anchor_idx]
+        same = torch.zeros_like(anchor_idx)
+        if return_removed:
+            kept, gone, gone_by = nms_with_removed(boxes_i, best_i, same, nms_thresh, len(anchor_idx))
+        else:
+            kept = batched_nms(boxes_i, best_i, same, nms_thresh)
+        # every class above the threshold of each kept anchor, in the order of the kept anchors
+        pair_anchor, pair_class = (scores[i, anchor_idx[kept]] > score_thresh).nonzero(as_tuple=True)
+        pair_score = scores[i, anchor_idx[kept][pair_anchor], pair_class]
+        order = pair_score.argsort(descending=True, stable=True)[:max_detections]
+        result = Instances((image_size, image_size))
+        result.pred_boxes = Boxes(boxes_i[kept][pair_anchor[order]])
+        result.scores = pair_score[order]
+        result.pred_classes = pair_class[order]
+        results.append(result)
+        if return_removed:
+            gone_class = best_class[i, anchor_idx[gone]]
+            # position in `result` of the detection (remover anchor, removed candidate's class), -1 when none
+            position = torch.full((len(kept), num_classes), -1, dtype=torch.long, device=logits.device)
+            position[pair_anchor[order], pair_class[order]] = torch.arange(len(order), device=logits.device)
+            kept_index = position[gone_by, gone_class]
+            owned = kept_index >= 0
+            removed.append(Instances(
+                (image_size, image_size), pred_boxes=Boxes(boxes_i[gone][owned]), scores=best_i[gone][owned],
+                pred_classes=gone_class[owned], kept_index=kept_index[owned],
+            ))
     return (results, removed) if return_removed else results
 
 

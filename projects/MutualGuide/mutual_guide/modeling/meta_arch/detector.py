@@ -33,7 +33,7 @@ from mutual_guide.modeling.fusion import fold_batchnorm, fuse_repvgg_blocks
 from mutual_guide.modeling.head import MutualGuideHead, MutualGuideHead2023
 from mutual_guide.modeling.losses import IGNORE_RULES, mutual_guide_losses
 from mutual_guide.modeling.neck import build_neck
-from mutual_guide.modeling.postprocessing import REMOVED_CANDIDATES, rescale_detections, select_detections
+from mutual_guide.modeling.postprocessing import NMS_RULES, REMOVED_CANDIDATES, rescale_detections, select_detections
 from mutual_guide.modeling.recipe_2023 import Authors2023Losses
 from mutual_guide.modeling.training_samples import put_training_samples, training_class_names
 from mutual_guide.utils.detectron2_compat import transpose_dense_predictions
@@ -118,6 +118,7 @@ class MutualGuideDetector(DenseDetector):
         loss_box_reg_weight: float = 1.0,
         test_score_thresh: float = 0.005,
         test_nms_thresh: float = 0.5,
+        test_nms_rule: str = "per_class",
         test_topk_candidates: int = 1000,
         max_detections_per_image: int = 300,
         pixel_mean: Tuple[float, float, float],
@@ -147,6 +148,8 @@ class MutualGuideDetector(DenseDetector):
             balanced_l1_alpha, balanced_l1_gamma, balanced_l1_beta: the balanced L1 loss.
             loss_cls_weight, loss_box_reg_weight: weights of the two losses.
             test_score_thresh, test_nms_thresh: per-class score kept before NMS, per-class NMS IoU.
+            test_nms_rule: "per_class" (the paper's) or "class_agnostic" (the authors' code at 108b4a8), see
+                `postprocessing.NMS_RULES`.
             test_topk_candidates: (anchor, class) pairs kept per level and image before NMS; <= 0 keeps all.
             max_detections_per_image: detections kept per image after NMS.
             pixel_mean, pixel_std: BGR normalisation of the input.
@@ -183,6 +186,9 @@ class MutualGuideDetector(DenseDetector):
         self.loss_weights = (loss_cls_weight, loss_box_reg_weight)
         self.test_score_thresh = test_score_thresh
         self.test_nms_thresh = test_nms_thresh
+        if test_nms_rule not in NMS_RULES:
+            raise ValueError(f"MODEL.MUTUAL_GUIDE.NMS_RULE must be one of {NMS_RULES}, got {test_nms_rule!r}")
+        self.test_nms_rule = test_nms_rule
         self.test_topk_candidates = test_topk_candidates
         self.max_detections_per_image = max_detections_per_image
         self.vis_period = vis_period
@@ -253,6 +259,7 @@ class MutualGuideDetector(DenseDetector):
             "loss_box_reg_weight": mg.LOSS_BOX_REG_WEIGHT,
             "test_score_thresh": mg.SCORE_THRESH_TEST,
             "test_nms_thresh": mg.NMS_THRESH_TEST,
+            "test_nms_rule": mg.NMS_RULE,
             "test_topk_candidates": cfg.TEST.TOPK_CANDIDATES,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -447,5 +454,6 @@ class MutualGuideDetector(DenseDetector):
             topk_candidates=self.test_topk_candidates,
             max_detections=self.max_detections_per_image,
             return_removed=return_removed,
+            nms_rule=self.test_nms_rule,
         )
 
