@@ -109,7 +109,7 @@ def main(argv=None):
             rows.append([name, iteration, f"{column.mean():.2f}", f"{column.min():.2f} - {column.max():.2f}",
                          " ".join(f"{v:.2f}" for v in column)])
     print(tabulate(rows, headers=["setting", "iteration", f"{args.metric} mean", "min - max", "runs"],
-                   tablefmt="pipe"))
+                   tablefmt="pipe", disable_numparse=True))
     if args.output:
         plot(args.output, args.metric, settings)
         print(f"plot: {args.output}")
