@@ -42,16 +42,19 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--topk", type=int, default=20, help="float32 detections compared per image")
     parser.add_argument("--iou", type=float, default=0.9, help="IoU at which a detection counts as the same")
+    parser.add_argument("--min-score", type=float, default=0.0, help="compare only float32 detections scoring this")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
 
 
-def match_detections(reference, other, topk, iou_thresh):
+def match_detections(reference, other, topk, iou_thresh, min_score=0.0):
     """
     (found, compared, box differences, score differences) of the `topk` best `reference` detections (Instances,
-    sorted by score) against `other`: each to the same-class detection of `other` it overlaps most.
+    sorted by score) scoring at least `min_score`, against `other`: each to the same-class detection of `other` it
+    overlaps most.
     """
     ref = reference[:topk]
+    ref = ref[ref.scores >= min_score]
     if len(ref) == 0:
         return 0, 0, [], []
     if len(other) == 0:
@@ -80,7 +83,7 @@ def dense_differences(model, inputs, dtype):
 
 
 @torch.no_grad()
-def compare(cfg, dataset, dtype, images=0, topk=20, iou=0.9):
+def compare(cfg, dataset, dtype, images=0, topk=20, iou=0.9, min_score=0.0):
     model = build_model(cfg)
     MutualGuideCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     if cfg.MODEL.MUTUAL_GUIDE.FUSE_BN_AT_INFERENCE:
@@ -96,7 +99,7 @@ def compare(cfg, dataset, dtype, images=0, topk=20, iou=0.9):
         reference = model(inputs)[0]["instances"].to("cpu")
         with torch.autocast(device, dtype=dtype):
             other = model(inputs)[0]["instances"].to("cpu")
-        found, compared, box, score = match_detections(reference, other, topk, iou)
+        found, compared, box, score = match_detections(reference, other, topk, iou, min_score)
         totals["found"] += found
         totals["compared"] += compared
         totals["box"] += box
@@ -121,10 +124,11 @@ def main(argv=None):
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "")
     if not dataset:
         raise SystemExit("--dataset or DATASETS.TEST: name the images to compare on")
-    t = compare(cfg, dataset, DTYPES[args.precision], args.images, args.topk, args.iou)
+    t = compare(cfg, dataset, DTYPES[args.precision], args.images, args.topk, args.iou, args.min_score)
     share = t["found"] / max(t["compared"], 1)
     print(f"{t['n']} images of {dataset}, float32 against {args.precision} autocast, top {args.topk} float32 "
-          f"detections per image, same class and IoU >= {args.iou}:")
+          f"detections per image" + (f" scoring >= {args.min_score}" if args.min_score else "")
+          + f", same class and IoU >= {args.iou}:")
     print(f"  found {t['found']} / {t['compared']} ({100 * share:.1f}%)")
     if t["box"]:
         print(f"  matched: largest box coordinate difference {max(t['box']):.3f} px (mean {sum(t['box']) / len(t['box']):.3f}), "

@@ -1,11 +1,13 @@
 """MODEL.PRECISION: the precision each device gets, the fallback said once, float32 where it must stay, a bfloat16
 training step and predictor."""
 import logging
+import uuid
 
 import numpy as np
 import pytest
 import torch
 
+from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -157,3 +159,28 @@ def test_the_predictor_in_bfloat16_returns_float32_boxes(make_cfg, monkeypatch):
     assert len(instances) > 0
     assert instances.pred_boxes.tensor.dtype == FP32 and instances.scores.dtype == FP32
     assert instances.pred_boxes.tensor[:, 2].max() <= 80 and instances.pred_boxes.tensor[:, 3].max() <= 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("caps, amp, step_type, dtype", [
+    (CPU_FAST_BF16, "True", MixedPrecisionTrainer, BF16),  # SOLVER.AMP.ENABLED on the CPU: bfloat16 here
+    (CPU_SLOW, "True", SimpleTrainer, FP32),  # not detectron2's CUDA-only AMPTrainer, which would fail at its step
+    (CPU_SLOW, "False", SimpleTrainer, FP32),
+])
+def test_the_trainer_steps_in_the_precision_it_resolved(tmp_path, monkeypatch, make_cfg, caps, amp, step_type, dtype):
+    from train_net import Trainer
+
+    from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
+
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: caps)
+    name = f"amp_{uuid.uuid4().hex[:8]}"
+    data = make_synthetic_dataset(str(tmp_path / "data"), "coco", num_train=4, num_test=1, image_size=64, name=name)
+    cfg = make_cfg(size=64, num_classes=3, opts=[
+        "DATASETS.CUSTOM", str(data["custom_specs"]), "DATASETS.TRAIN", f"('{name}_train',)", "DATASETS.TEST", "()",
+        "SOLVER.AMP.ENABLED", amp, "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path / "out"),
+    ])
+    register_custom_datasets(cfg)
+    (tmp_path / "out").mkdir()  # train_net.setup makes it
+    trainer = Trainer(cfg)
+    assert type(trainer._trainer) is step_type and trainer.precision.dtype == dtype
