@@ -135,8 +135,12 @@ def _run_exported(path: str, images: torch.Tensor, fmt: str):
         return [o.cpu() for o in torch.jit.load(path, map_location=images.device)(images)]
 
 
-def verify(model, files, images: torch.Tensor, with_nms: bool, static_batch: int = 0):
-    """Print the largest box and score differences between each exported file and the unfused PyTorch model."""
+def verify(model, files, images: torch.Tensor, with_nms: bool, static_batch: int = 0, reduced=()):
+    """
+    Print the largest box and score differences between each exported file and the unfused float32 PyTorch model.
+    Files of the formats in `reduced` run their network in bfloat16/float16: detections are matched with a score
+    tolerance of 0.02 instead of 1e-5, and counts near the score threshold may differ.
+    """
     reference = prepare_for_export(model, fuse=False)
     if with_nms:
         reference = add_nms(reference, model)
@@ -157,7 +161,7 @@ def verify(model, files, images: torch.Tensor, with_nms: bool, static_batch: int
         if with_nms:
             num, boxes, scores, classes = got
             same_count = torch.equal(num, expected[0][:n])
-            box_diff = _matched_box_difference(got, [e[:n] for e in expected])
+            box_diff = _matched_box_difference(got, [e[:n] for e in expected], 2e-2 if fmt in reduced else 1e-5)
             score_diff = float((scores - expected[2][:n]).abs().max())  # both sorted by score
             print(f"{path}: {n} images, detections per image {num.tolist()} (PyTorch {expected[0][:n].tolist()}, "
                   f"{'same' if same_count else 'DIFFERENT'}), max box difference {box_diff:.3g} px, "
@@ -219,7 +223,8 @@ def main(argv=None):
               f"BGR; outputs {outputs})")
     if args.verify:
         verify(model, files, read_images(args.verify, size), args.with_nms,
-               static_batch=args.batch_size if args.static_batch else 0)
+               static_batch=args.batch_size if args.static_batch else 0,
+               reduced=("torchscript",) if precision.mixed else ())
 
 
 if __name__ == "__main__":
