@@ -8,6 +8,12 @@ ours:  BatchNorm folded and RepVGG fused (`fuse_for_inference`), in the NHWC lay
 paper: the unfused network in NCHW, every anchor decoded, then a loop over classes, each with a numpy greedy NMS
        (the authors' `utils/box/nms.py` style: argsort, then suppress against the best remaining box).
 
+ours bfloat16: ours under MODEL.PRECISION's autocast (--precision, default "auto": bfloat16 where the CPU runs it
+       faster than float32, mutual_guide/engine/precision.py); the post-processing in float32 as always.
+authors': with --paper-repo DIR (the authors' code at fd2c4cc, parity/README.md), their own test path of main.py:
+       their Detector network (same weights), their `Detect` (every anchor decoded, sigmoid scores), then per
+       class a threshold and their `nms`, and their cap of 300 detections per image.
+
 onnx:  ours exported with NMS in the graph (`export_onnx(..., with_nms=True)`), run by onnxruntime on the CPU:
        the deployment path; its time covers uint8 image -> detections in one call.
 
@@ -18,10 +24,12 @@ Untrained heads score every anchor alike, so the head is rescaled to spread the 
 Prints per-image times of the network and of the post-processing, and the ratio paper / ours.
 
     .venv/bin/python benchmarks/bench_inference.py [--config-file configs/mg_vgg16_fpn_coco.yaml] [--images 8]
+        [--paper-repo <checkout>] [--precision auto|bfloat16|float16|float32]
 """
 import argparse
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -34,8 +42,15 @@ from detectron2.modeling import build_model
 import mutual_guide
 import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
+from mutual_guide.checkpoint.paper_keys import to_paper_state_dict
+from mutual_guide.engine.precision import PRECISIONS, resolve_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "parity"))
+from paper_code import PAPER_REPO_HELP, add_paper_repo_argument, import_paper  # noqa: E402
+from paper_loop import build_paper_model  # noqa: E402
+
+PAPER_NETWORKS = {"VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"}
 
 
 def numpy_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float):
@@ -89,6 +104,49 @@ def spread_head(model, images: torch.Tensor, fraction: float):
         conv.weight.mul_(0.5 / deltas.std())
 
 
+def authors_side(paper_repo, cfg, model, images):
+    """
+    The authors' test path (main.py at fd2c4cc, its evaluation loop, read and re-created around their modules):
+    their network, their Detect, then per class: threshold, their `nms`; at most 300 per image. Returns the
+    per-image runner, or None when the config's network is not one of theirs.
+    """
+    if cfg.MODEL.BACKBONE.NAME not in PAPER_NETWORKS or cfg.MODEL.NECK.NAME not in ("SSD", "FPN", "PAFPN"):
+        return None
+    network = build_paper_model(paper_repo, cfg.INPUT.SIZE, model.num_classes, cfg.MODEL.BACKBONE.NAME,
+                                cfg.MODEL.NECK.NAME).eval()
+    network.load_state_dict(to_paper_state_dict(model.state_dict()))
+    box, prior_box = import_paper(paper_repo, "utils.box", "utils.box.prior_box")
+    priors = prior_box.PriorBox(cfg.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE, cfg.INPUT.SIZE).forward()
+    detect = box.Detect(model.num_classes + 1)
+    scale = torch.tensor([cfg.INPUT.SIZE] * 4, dtype=torch.float32)
+    thresh, nms_thresh, max_per_image = model.test_score_thresh, model.test_nms_thresh, 300
+
+    def run():
+        network_time = postprocess = 0.0
+        for x in images:
+            t0 = time.perf_counter()
+            boxes, scores = detect.forward(network(x), priors)  # main.py times these two as "im_detect"
+            t1 = time.perf_counter()
+            boxes = (boxes * scale).numpy()
+            scores = scores.numpy()
+            kept = []
+            for j in range(model.num_classes):
+                inds = np.where(scores[:, j] > thresh)[0]
+                if len(inds) == 0:
+                    kept.append(np.empty([0, 5], dtype=np.float32))
+                    continue
+                dets = np.hstack((boxes[inds], scores[inds, j][:, None])).astype(np.float32, copy=False)
+                kept.append(dets[box.nms(dets, thresh=nms_thresh)])
+            all_scores = np.hstack([d[:, -1] for d in kept])
+            if len(all_scores) > max_per_image:
+                image_thresh = np.sort(all_scores)[-max_per_image]
+                kept = [d[d[:, -1] >= image_thresh] for d in kept]
+            network_time, postprocess = network_time + t1 - t0, postprocess + time.perf_counter() - t1
+        return network_time / len(images), postprocess / len(images)
+
+    return run
+
+
 def onnx_session(model, folder):
     """The model exported with NMS in the graph, in an onnxruntime CPU session, or None without onnxruntime."""
     try:
@@ -109,8 +167,12 @@ def main():
                         "each side keeps its best pass")
     parser.add_argument("--candidate-fraction", type=float, default=0.01,
                         help="share of (anchor, class) pairs above SCORE_THRESH_TEST")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="MODEL.PRECISION of the 'ours <dtype>' sides (float32: no such sides)")
+    add_paper_repo_argument(parser, required=False, help=PAPER_REPO_HELP + ": also time the authors' test path")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
+    mixed = resolve_precision(args.precision, "cpu")
 
     cfg = get_cfg()
     mutual_guide.add_mutual_guide_config(cfg)
@@ -144,26 +206,43 @@ def main():
             return network / len(images), postprocess / len(images)
         return run
 
-    def batched():
+    def batched(precision=None):
         """Ours as evaluation runs it: TEST.IMS_PER_BATCH images per call."""
-        network = postprocess = 0.0
-        for batch in images.squeeze(1).split(cfg.TEST.IMS_PER_BATCH):
-            t0 = time.perf_counter()
-            logits, deltas = ours.predict(batch)
-            t1 = time.perf_counter()
-            ours.inference(logits, deltas)
-            network, postprocess = network + t1 - t0, postprocess + time.perf_counter() - t1
-        return network / len(images), postprocess / len(images)
+        def run():
+            network = postprocess = 0.0
+            for batch in images.squeeze(1).split(cfg.TEST.IMS_PER_BATCH):
+                t0 = time.perf_counter()
+                with precision.autocast() if precision else torch.autocast("cpu", enabled=False):
+                    logits, deltas = ours.predict(batch)
+                    t1 = time.perf_counter()
+                    ours.inference(logits, deltas)
+                network, postprocess = network + t1 - t0, postprocess + time.perf_counter() - t1
+            return network / len(images), postprocess / len(images)
+        return run
+
+    def under(precision, fn):
+        def run():
+            with precision.autocast():
+                return fn()
+        return run
 
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         logits, deltas = ours.predict(images[0])
         candidates = int((logits.sigmoid() > ours.test_score_thresh).sum())
         counts = (len(ours.inference(logits, deltas)[0]), len(paper_postprocess(paper, logits, deltas)))
+        n_batch = min(cfg.TEST.IMS_PER_BATCH, args.images)
         sides = {
             "ours": per_image(ours, lambda m, lo, de: m.inference(lo, de)),
             "paper": per_image(paper, paper_postprocess),
-            f"ours x{min(cfg.TEST.IMS_PER_BATCH, args.images)}": batched,
+            f"ours x{n_batch}": batched(),
         }
+        if mixed.mixed:
+            sides[f"ours {mixed.name}"] = under(mixed, per_image(ours, lambda m, lo, de: m.inference(lo, de)))
+            sides[f"ours {mixed.name} x{n_batch}"] = batched(mixed)
+        if args.paper_repo:
+            authors = authors_side(args.paper_repo, cfg, paper, images)
+            if authors is not None:
+                sides["authors'"] = authors
         session = onnx_session(paper, folder)
         if session is not None:
             uint8 = (images + paper.pixel_mean.view(1, 1, 3, 1, 1)).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -186,12 +265,12 @@ def main():
           f"{len(paper.anchors)} anchors, {candidates} candidates above {paper.test_score_thresh} in image 0, "
           f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, {torch.get_num_threads()} "
           f"threads")
-    print(f"{'per image':9} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
+    print(f"{'per image':18} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
     for name, (network, post) in times.items():
         if network is None:
-            print(f"{name:9} {'':>11} {'':>16} {post * 1e3:9.1f}   (one graph: network and post-processing)")
+            print(f"{name:18} {'':>11} {'':>16} {post * 1e3:9.1f}   (one graph: network and post-processing)")
         else:
-            print(f"{name:9} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
+            print(f"{name:18} {network * 1e3:11.1f} {post * 1e3:16.1f} {(network + post) * 1e3:9.1f}")
     (on, op), (pn, pp) = times["ours"], times["paper"]
     print(f"speed-up paper / ours (PyTorch): total {(pn + pp) / (on + op):.2f}x, network {pn / on:.2f}x, "
           f"post-processing {pp / op:.2f}x")
@@ -200,6 +279,12 @@ def main():
           f"test loop takes one image at a time): total {(pn + pp) / (bn + bp):.2f}x")
     if "onnx" in times:
         print(f"speed-up paper / ours (ONNX Runtime): total {(pn + pp) / times['onnx'][1]:.2f}x")
+    for name in [n for n in times if n.startswith(f"ours {mixed.name}")] if mixed.mixed else []:
+        mn, mp = times[name]
+        against = [("paper-style", pn + pp), ("ours float32", on + op)]
+        if "authors'" in times:
+            against.insert(0, ("the authors' code", sum(times["authors'"])))
+        print(f"speed-up of {name}: " + ", ".join(f"{label} / it {t / (mn + mp):.2f}x" for label, t in against))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ paper-style:  the same network in PyTorch's default NCHW layout (the paper's cod
               images and objects (mutual_guide/utils/oracle.py, the per-object reference the tests trust) and
               the losses computed as the authors' MultiBoxLoss does: a dense one-hot target over every anchor
               and class and the focal loss through autograd, with the authors' ignore rule.
+ours, mixed:  `model(batch)` under MODEL.PRECISION's autocast (--precision, default "auto": bfloat16 where the
+              CPU runs it faster than float32, see mutual_guide/engine/precision.py), losses in float32.
 authors':     with --paper-repo DIR (a checkout of zhanghengdev/MutualGuide at fd2c4cc, see parity/README.md),
               the authors' own MultiBoxLoss on the NCHW network instead of the paper-style re-implementation;
               also timed.
 
     .venv/bin/python benchmarks/bench_train_step.py [--paper-repo <checkout>] [--batch 16] [--num-classes 80]
+        [--precision auto|bfloat16|float16|float32]
 """
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -30,11 +34,13 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from mutual_guide import add_mutual_guide_config
+from mutual_guide.engine.precision import PRECISIONS, resolve_precision
 from mutual_guide.modeling.batching import batch_ground_truth
 from mutual_guide.modeling.losses import balanced_l1_loss
 from mutual_guide.utils import oracle
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "parity"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "parity"))
 from paper_code import PAPER_REPO_HELP, add_paper_repo_argument  # noqa: E402
 from check_paper_loss import load_paper_loss  # noqa: E402  (the authors' MultiBoxLoss, runnable on the CPU)
 
@@ -43,6 +49,8 @@ def make_cfg(backbone, neck, size, num_classes):
     """A CPU config of the given network, every other key at the project's default."""
     cfg = get_cfg()
     add_mutual_guide_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-MutualGuide.yaml"))  # the detector every config builds
+    cfg.MODEL.BACKBONE.PRETRAINED = ""
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME, cfg.MODEL.NECK.NAME = backbone, neck
     cfg.INPUT.SIZE, cfg.MODEL.MUTUAL_GUIDE.NUM_CLASSES = size, num_classes
@@ -115,15 +123,17 @@ def ours_in_phases(model, batch):
 class Side:
     """One way of doing the step, with its own copy of the weights and its own optimizer."""
 
-    def __init__(self, name, model, loss_fn=None):
+    def __init__(self, name, model, loss_fn=None, precision=None):
         self.name, self.model, self.loss_fn = name, model, loss_fn
+        self.precision = precision  # a mixed Precision for "ours, mixed"; None: float32
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         self.times, self.losses = [], None
 
     def step(self, batch):
         t0 = time.perf_counter()
-        if self.loss_fn is None:  # ours, exactly as detectron2's trainer calls the model
-            losses = self.model(batch)
+        if self.loss_fn is None:  # ours, exactly as detectron2's trainer (or MixedPrecisionTrainer) calls the model
+            with self.precision.autocast() if self.precision else contextlib.nullcontext():
+                losses = self.model(batch)
             t1 = t2 = time.perf_counter()  # forward and losses are one call
         elif self.loss_fn == "phases":  # ours again, the same calls with timers between them
             logits, deltas, gt = ours_in_phases(self.model, batch)
@@ -160,7 +170,10 @@ def main():
     add_paper_repo_argument(parser, required=False, help=PAPER_REPO_HELP + ": also time the authors' own "
                             "MultiBoxLoss")
     parser.add_argument("--baseline", action="store_true", help="also time the IoU baseline")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="MODEL.PRECISION of the 'ours, mixed' side (float32: no such side)")
     args = parser.parse_args()
+    mixed = resolve_precision(args.precision, "cpu")
     authors = None
     if args.paper_repo:
         MultiBoxLoss, PriorBox = load_paper_loss(args.paper_repo)
@@ -180,6 +193,7 @@ def main():
         sides = [
             Side("ours", ours),
             Side("ours, phased", copy.deepcopy(ours), "phases"),
+            *([Side(f"ours, {mixed.name}", copy.deepcopy(ours), precision=mixed)] if mixed.mixed else []),
             Side("paper-style", paper, lambda lo, de, b: paper_style_losses(paper, lo, de, b)),
         ]
         if authors is not None:
@@ -200,7 +214,13 @@ def main():
                 split = "(one call)                | " + f"{bwd * 1e3:7.0f} | {sgd * 1e3:4.0f}"
             ratio = "" if side.loss_fn in (None, "phases") else f"   ours is {total / t_ours:4.2f}x faster"
             losses = ", ".join(f"{k} {v:.4f}" for k, v in side.losses.items())
-            print(f"  {side.name:12s} {total * 1e3:7.0f}   {split}{ratio}   (last step: {losses})")
+            print(f"  {side.name:16s} {total * 1e3:7.0f}   {split}{ratio}   (last step: {losses})")
+        if mixed.mixed:
+            t_mixed = sides[2].best()[0]
+            others = [s for s in sides if s.loss_fn not in (None, "phases")]
+            print(f"  ours in {mixed.name} is " + ", ".join(
+                [f"{t_ours / t_mixed:4.2f}x faster than ours in float32"]
+                + [f"{s.best()[0] / t_mixed:4.2f}x faster than {s.name}" for s in others]))
 
 
 if __name__ == "__main__":

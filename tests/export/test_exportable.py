@@ -23,6 +23,7 @@ import mutual_guide.modeling.backbone  # noqa: F401  (registers the backbones)
 import mutual_guide.modeling.meta_arch.detector  # noqa: F401  (registers the detector)
 from mutual_guide.export.exportable import (
     NMS_OUTPUT_NAMES,
+    ONNX_FLOAT32_ONLY,
     OUTPUT_NAMES,
     export_onnx,
     export_torchscript,
@@ -144,6 +145,28 @@ def test_onnx_and_torchscript_equal_pytorch(backbone, neck, tmp_path, model_of):
     with torch.no_grad():
         ts_boxes, ts_scores = ts(images)  # traced with batch 1 too
     _assert_close(ts_boxes, ts_scores, ref_boxes, ref_scores, f"TorchScript {backbone}+{neck}")
+
+
+@pytest.mark.slow
+def test_torchscript_in_bfloat16_runs_its_network_in_bfloat16_and_returns_float32(tmp_path, model_of):
+    """MODEL.PRECISION bfloat16 in TorchScript: bfloat16 weights, float32 outputs near the float32 model's (within
+    bfloat16's 8 bits of mantissa over a few dozen layers), and not equal to them (the network did run in bfloat16)."""
+    model = model_of("shufflenet", "ssd")
+    images = _images(2, seed=5)
+    ref_boxes, ref_scores = _reference(model, images)
+    ts = torch.jit.load(export_torchscript(model, str(tmp_path / "m.ts"), dtype=torch.bfloat16))
+    assert {v.dtype for k, v in ts.state_dict().items() if k.endswith("weight")} == {torch.bfloat16}
+    with torch.no_grad():
+        boxes, scores = ts(images)
+    assert boxes.dtype == scores.dtype == torch.float32
+    score_diff, box_diff = float((scores - ref_scores).abs().max()), float((boxes - ref_boxes).abs().max())
+    assert 0 < score_diff < 0.05 and box_diff < 4.0, (score_diff, box_diff)
+
+
+def test_onnx_in_bfloat16_is_refused_with_the_reason(tmp_path, model_of):
+    with pytest.raises(ValueError, match="ONNX export in bfloat16: ONNX Runtime's CPU provider"):
+        export_onnx(model_of("shufflenet", "ssd"), str(tmp_path / "m.onnx"), dtype=torch.bfloat16)
+    assert not (tmp_path / "m.onnx").exists() and "TorchScript" in ONNX_FLOAT32_ONLY
 
 
 @pytest.mark.slow

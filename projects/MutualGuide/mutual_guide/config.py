@@ -66,6 +66,11 @@ def add_mutual_guide_config(cfg):
     # Device types (of MODEL.DEVICE when the model is built) on which the network runs in the NHWC layout, in
     # training and inference. Measured faster on the CPU (oneDNN); not measured on GPUs, so off there by default.
     _C.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = ["cpu"]
+    # dtype the network computes in, in training, evaluation, the predictor (demo.py) and TorchScript export:
+    # "float32", "bfloat16", "float16" or "auto" (engine/precision.py: bfloat16 or float16 where the device runs it
+    # faster than float32, else float32 with one message; losses, assignment and postprocessing stay float32).
+    # SOLVER.AMP.ENABLED True with "float32" means "float16" on CUDA (detectron2's AMPTrainer) and "auto" on the CPU.
+    _C.MODEL.PRECISION = "float32"
     # Start training from MODEL.WEIGHTS trained on other classes: every tensor that fits is loaded, the class-logit
     # layers start afresh (prior 0.01). False: any tensor that does not fit is an error.
     _C.MODEL.MUTUAL_GUIDE.FINETUNE = False

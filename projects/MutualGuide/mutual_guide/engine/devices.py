@@ -1,4 +1,4 @@
-"""Where a run computes: the device named by MODEL.DEVICE, mixed precision, BatchNorm across processes."""
+"""Where a run computes: the device named by MODEL.DEVICE, BatchNorm across processes (precision: precision.py)."""
 import logging
 
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 
 import detectron2.utils.comm as comm
 
-__all__ = ["check_amp_supported", "check_device", "convert_sync_batchnorm"]
+__all__ = ["check_device", "convert_sync_batchnorm"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +25,6 @@ def check_device(device: str) -> str:
     elif parsed.type != "cpu":
         raise ValueError(f"device {device!r}: only cpu and cuda are supported")
     return device
-
-
-def check_amp_supported(cfg):
-    """Mixed precision needs CUDA here (detectron2's AMPTrainer uses CUDA autocast): refuse it clearly."""
-    if cfg.SOLVER.AMP.ENABLED and not (cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()):
-        raise ValueError(
-            f"SOLVER.AMP.ENABLED=True needs a CUDA device, but MODEL.DEVICE={cfg.MODEL.DEVICE!r} "
-            f"(CUDA available: {torch.cuda.is_available()}). Set SOLVER.AMP.ENABLED False to train in float32."
-        )
 
 
 def convert_sync_batchnorm(model, cfg):

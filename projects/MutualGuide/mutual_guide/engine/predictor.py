@@ -7,6 +7,7 @@ from detectron2.modeling import build_model
 
 from mutual_guide.checkpoint.checkpointer import MutualGuideCheckpointer
 from mutual_guide.data.mapper import build_test_transform
+from mutual_guide.engine.precision import precision_from_config
 from mutual_guide.engine.slicing import SlicedDetector
 
 __all__ = ["MutualGuidePredictor"]
@@ -20,7 +21,8 @@ class MutualGuidePredictor:
     for MutualGuideDetector), detectron2's DatasetMapper resizes the shortest edge to INPUT.MIN_SIZE_TEST (for
     MutualGuideRetinaNet). Boxes come back in the original image's pixels.
     With TEST.SLICE.ENABLED, large images are detected on overlapping tiles (engine/slicing.py), with a progress
-    bar from 16 tiles.
+    bar from 16 tiles. The network runs in MODEL.PRECISION (engine/precision.py); boxes and scores come back in
+    float32.
     """
 
     def __init__(self, cfg, model=None):
@@ -33,6 +35,7 @@ class MutualGuidePredictor:
         self.model = model.eval()
         self.transform = build_test_transform(self.cfg)
         self.input_format = cfg.INPUT.FORMAT
+        self.precision = precision_from_config(self.cfg)
         self.sliced = (
             SlicedDetector.from_config(self.cfg, self.model, self.transform, progress=True)
             if cfg.TEST.SLICE.ENABLED
@@ -52,8 +55,9 @@ class MutualGuidePredictor:
             raise ValueError(f"Expected an H x W x 3 BGR image, got an array of shape {image_bgr.shape}")
         height, width = image_bgr.shape[:2]
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        if self.sliced is not None:
-            return self.sliced.detect(np.ascontiguousarray(image))
-        resized = self.transform(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+        with self.precision.autocast():
+            if self.sliced is not None:
+                return self.sliced.detect(np.ascontiguousarray(image))
+            resized = self.transform(image)
+            tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]

@@ -15,6 +15,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from mutual_guide.data.box_convention import check_box_convention
 from mutual_guide.engine.devices import check_device
+from mutual_guide.engine.precision import check_precision
 from mutual_guide.modeling.neck import NECK_REGISTRY
 
 __all__ = [
@@ -51,6 +52,10 @@ def check_config(cfg, training=True):
         # detectron2's default is "cuda": a machine without CUDA needs the key set, not a failure mid-build
         hint = "; set `MODEL.DEVICE cpu` to run on the CPU" if str(cfg.MODEL.DEVICE).startswith("cuda") else ""
         bad.append(f"MODEL.DEVICE: {e}{hint}")
+    try:
+        check_precision(cfg.MODEL.PRECISION)
+    except ValueError as e:
+        bad.append(str(e))
     size = cfg.INPUT.SIZE
     if not isinstance(size, int) or size <= 0 or size % 64:
         bad.append(f"INPUT.SIZE must be a positive multiple of 64 (320, 512...), got {size!r}")

@@ -7,16 +7,17 @@ import torch
 
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 
 from mutual_guide.checkpoint.checkpointer import EMA_KEY, MutualGuideCheckpointer
 from mutual_guide.data import build_dataset_mapper, build_test_transform
 from mutual_guide.data.loading import check_datasets, test_dataset_dicts, training_dataset_dicts
-from mutual_guide.engine.devices import check_amp_supported, convert_sync_batchnorm
+from mutual_guide.engine.devices import convert_sync_batchnorm
 from mutual_guide.engine.ema import EMAHook, build_model_ema
 from mutual_guide.engine.hooks import AssignmentStatsSummary, BestModelCheckpointer, EarlyStopping, StopTraining
+from mutual_guide.engine.precision import MixedPrecisionTrainer, precision_from_config
 from mutual_guide.engine.preflight import check_num_classes
 from mutual_guide.engine.slicing import SlicedDetector
 from mutual_guide.evaluation import build_dataset_evaluator
@@ -47,7 +48,8 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's data mapper (detectron2's for its own detectors), evaluators, strict checkpointer and CPU-capable DDP."""
 
     def __init__(self, cfg):
-        check_amp_supported(cfg)
+        # MODEL.PRECISION (and SOLVER.AMP.ENABLED) decided once, before anything is built; a fallback is logged
+        precision = precision_from_config(cfg)
         # Every dataset of the run is checked before anything is built, so that a bad image or annotation
         # stops the run now rather than at the iteration that samples it or at the final evaluation.
         check_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -58,6 +60,26 @@ class Trainer(DefaultTrainer):
                 super().__init__(cfg)
         else:
             super().__init__(cfg)
+        self.precision = precision
+        self._use_precision(precision)
+
+    def _use_precision(self, precision):
+        """
+        DefaultTrainer picks SimpleTrainer, or detectron2's CUDA-only AMPTrainer for SOLVER.AMP.ENABLED; the step
+        is replaced by MixedPrecisionTrainer (autocast on any device) when the run computes in a reduced dtype,
+        by SimpleTrainer when SOLVER.AMP.ENABLED fell back to float32. Same model, loader and optimizer.
+        """
+        step = self._trainer
+        if precision.mixed:
+            new = MixedPrecisionTrainer(step.model, step.data_loader, step.optimizer, precision)
+        elif isinstance(step, AMPTrainer):
+            new = SimpleTrainer(step.model, step.data_loader, step.optimizer)
+        else:
+            return
+        step.concurrent_executor.shutdown(wait=False)
+        self._trainer = new
+        logger.info("Training in %s (MODEL.PRECISION %r)%s", precision.name, precision.requested,
+                    ", float16 gradients scaled (GradScaler)" if precision.grad_scaling else "")
 
     @classmethod
     def build_model(cls, cfg):
@@ -194,12 +216,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """
-        detectron2's evaluation, the model giving the candidates its NMS removed for the per-image records
-        (evaluation/records.py); with TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py), without them.
+        detectron2's evaluation, the network under MODEL.PRECISION's autocast (postprocessing in float32), the
+        model giving the candidates its NMS removed for the per-image records (evaluation/records.py); with
+        TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py), without them.
         """
         if cfg.TEST.SLICE.ENABLED:  # the merge of the tiles keeps no removed candidates: not asked for
-            return super().test(cfg, SlicedDetector.from_config(cfg, model, build_test_transform(cfg)), evaluators)
-        with removed_candidates_recorded(model):
+            with precision_from_config(cfg).autocast():
+                return super().test(cfg, SlicedDetector.from_config(cfg, model, build_test_transform(cfg)), evaluators)
+        with removed_candidates_recorded(model), precision_from_config(cfg).autocast():
             return super().test(cfg, model, evaluators)
 
     @classmethod

@@ -29,12 +29,19 @@ __all__ = [
     "DetectorWithNMS",
     "add_nms",
     "NMS_OUTPUT_NAMES",
+    "ONNX_FLOAT32_ONLY",
     "OUTPUT_NAMES",
     "export_onnx",
     "export_torchscript",
     "prepare_for_export",
 ]
 
+# Why ONNX files stay float32 whatever MODEL.PRECISION says
+ONNX_FLOAT32_ONLY = (
+    "ONNX Runtime's CPU provider has no bfloat16 (nor float16) convolution kernels, so a reduced-precision graph "
+    "would not run there (or would run slower, cast back op by op); the ONNX file is exported in float32. Use the "
+    "TorchScript export for bfloat16, or convert the float32 ONNX file for a GPU runtime with that runtime's tools."
+)
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores")
 NMS_OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes")
@@ -44,11 +51,14 @@ class ExportableDetector(nn.Module):
     """
     The network with its decoding: BGR images [N, 3, S, S] (uint8 or float, 0-255) ->
     boxes [N, A, 4] (XYXY in S x S pixels, clipped to the image) and sigmoid scores [N, A, C].
+    With a `model` cast to bfloat16 or float16 (`prepare_for_export(..., dtype=)`), the network runs in that dtype
+    and the normalisation, decoding and scores in float32.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.compute_dtype = next(model.parameters()).dtype
         self.input_size = int(model.input_size)
         self.num_classes = int(model.num_classes)
         self.num_anchors = len(model.anchors)
@@ -56,8 +66,9 @@ class ExportableDetector(nn.Module):
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
-        images = (images.float() - self.pixel_mean) / self.pixel_std
+        images = ((images.float() - self.pixel_mean) / self.pixel_std).to(self.compute_dtype)
         logits, deltas = self.model.predict(images)
+        logits, deltas = logits.float(), deltas.float()
         # the decoding MutualGuideDetector.label_anchors uses (Box2BoxTransform, weights 10, 10, 5, 5), on every anchor
         boxes = self.model.decode_boxes(deltas)
         # Boxes.clip does the same per coordinate; clamp avoids its finiteness assert, which does not trace
@@ -206,16 +217,19 @@ def top_detections(
 
 
 # ---------------------------------------------------------------------- export
-def prepare_for_export(model: nn.Module, fuse: bool = True) -> ExportableDetector:
+def prepare_for_export(model: nn.Module, fuse: bool = True, dtype: torch.dtype = torch.float32) -> ExportableDetector:
     """
     A copy of `model` in eval mode on the model's device, RepVGG blocks fused and BatchNorm folded
-    (`fuse_for_inference`) unless `fuse=False`, wrapped as an ExportableDetector. The caller's model is left
-    untouched (fusing is irreversible). Exporting from a GPU gives the same ONNX graph; a TorchScript file traced
-    there expects its inputs on that GPU.
+    (`fuse_for_inference`) unless `fuse=False`, its weights cast to `dtype` (the network's compute dtype; the
+    anchors stay float32), wrapped as an ExportableDetector. The caller's model is left untouched (fusing is
+    irreversible). Exporting from a GPU gives the same ONNX graph; a TorchScript file traced there expects its
+    inputs on that GPU.
     """
     model = copy.deepcopy(model).eval()
     if fuse:
         model.fuse_for_inference()
+    if dtype != torch.float32:
+        model.to(dtype)  # after folding: BatchNorm statistics are folded in float32 first
     for p in model.parameters():
         p.requires_grad_(False)
     return ExportableDetector(model).eval()
@@ -255,15 +269,18 @@ def export_torchscript(
     batch_size: int = 1,
     input_dtype: torch.dtype = torch.uint8,
     fuse: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> str:
     """
     Save `model` (a MutualGuideDetector) as TorchScript to `path`.
 
     The network is traced (batch size stays free: shapes are read from the input); with `with_nms` the
     selection around it is scripted, so its loops over images and classes stay loops.
+    `dtype` bfloat16 or float16: the network's weights and convolutions in that dtype (MODEL.PRECISION), the
+    decoding, scores and NMS in float32; inputs and outputs are as in float32.
     Load with `torch.jit.load(path)`; call with a BGR batch [N, 3, S, S] of `input_dtype`.
     """
-    network = prepare_for_export(model, fuse=fuse)
+    network = prepare_for_export(model, fuse=fuse, dtype=dtype)
     example = example_images(network.input_size, batch_size, input_dtype).to(network.pixel_mean.device)
     with torch.no_grad():
         traced = torch.jit.trace(network, example, check_trace=False)
@@ -283,9 +300,10 @@ def export_onnx(
     batch_size: int = 1,
     input_dtype: torch.dtype = torch.uint8,
     fuse: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> str:
     """
-    Save `model` (a MutualGuideDetector) as ONNX to `path`.
+    Save `model` (a MutualGuideDetector) as ONNX to `path`, in float32 only (`ONNX_FLOAT32_ONLY`).
 
     Input "images" [N, 3, S, S] of `input_dtype` (BGR, 0-255); outputs `OUTPUT_NAMES` ("boxes" [N, A, 4],
     "scores" [N, A, C]) or with `with_nms` `NMS_OUTPUT_NAMES`. `dynamic_batch` leaves N free, otherwise it is
@@ -294,6 +312,8 @@ def export_onnx(
     """
     if opset < 11:
         raise ValueError(f"ONNX NonMaxSuppression and the decoding need opset >= 11, got {opset}")
+    if dtype != torch.float32:
+        raise ValueError(f"ONNX export in {str(dtype).replace('torch.', '')}: {ONNX_FLOAT32_ONLY}")
     network = prepare_for_export(model, fuse=fuse)
     module = add_nms(network, model) if with_nms else network
     example = example_images(network.input_size, batch_size, input_dtype).to(network.pixel_mean.device)

@@ -439,21 +439,23 @@ class MutualGuideDetector(DenseDetector):
         """
         Per image: the best `test_topk_candidates` (anchor, class) pairs of each level whose sigmoid score is above
         the score threshold, decoded and clipped to the image, NMS per class, the best `max_detections_per_image`.
-        Batched over images (see `postprocessing.select_detections`). Returns Instances in the S x S frame (and,
-        with `return_removed`, the candidates NMS removed: `select_detections`).
+        Batched over images (see `postprocessing.select_detections`). Returns Instances in the S x S frame, in
+        float32 whatever the network ran in (autocast is off here, as in the losses); with `return_removed`, also
+        the candidates NMS removed (`select_detections`).
         """
-        return select_detections(
-            logits,
-            deltas,
-            self.anchors,
-            self.box2box_transform,
-            self.input_size,
-            self.num_anchors_per_level,
-            score_thresh=self.test_score_thresh,
-            nms_thresh=self.test_nms_thresh,
-            topk_candidates=self.test_topk_candidates,
-            max_detections=self.max_detections_per_image,
-            return_removed=return_removed,
-            nms_rule=self.test_nms_rule,
-        )
+        with torch.autocast(logits.device.type, enabled=False):
+            return select_detections(
+                logits,
+                deltas,
+                self.anchors,
+                self.box2box_transform,
+                self.input_size,
+                self.num_anchors_per_level,
+                score_thresh=self.test_score_thresh,
+                nms_thresh=self.test_nms_thresh,
+                topk_candidates=self.test_topk_candidates,
+                max_detections=self.max_detections_per_image,
+                return_removed=return_removed,
+                nms_rule=self.test_nms_rule,
+            )
 

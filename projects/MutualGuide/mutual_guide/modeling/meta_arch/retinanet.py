@@ -166,12 +166,21 @@ class MutualGuideRetinaNet(RetinaNet):
         return not isinstance(self.anchor_matcher, Matcher)
 
     def forward_training(self, images, features, predictions, gt_instances):
-        if not self._labels_per_task:
-            return super().forward_training(images, features, predictions, gt_instances)
-        pred_logits, pred_anchor_deltas = transpose_dense_predictions(self, predictions, [self.num_classes, 4])
-        anchors = self.anchor_generator(features)
-        labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances, pred_logits, pred_anchor_deltas)
-        return self.losses(anchors, pred_logits, labels, pred_anchor_deltas, matched_gt_boxes)
+        """The head's outputs go on in float32, autocast off: assignment and losses in float32 (engine/precision.py)."""
+        with torch.autocast(images.tensor.device.type, enabled=False):
+            predictions = [[p.float() for p in level] for level in predictions]
+            if not self._labels_per_task:
+                return super().forward_training(images, features, predictions, gt_instances)
+            pred_logits, pred_anchor_deltas = transpose_dense_predictions(self, predictions, [self.num_classes, 4])
+            anchors = self.anchor_generator(features)
+            labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances, pred_logits, pred_anchor_deltas)
+            return self.losses(anchors, pred_logits, labels, pred_anchor_deltas, matched_gt_boxes)
+
+    def forward_inference(self, images, features, predictions):
+        """RetinaNet's decoding, score selection and NMS, in float32 whatever the network ran in."""
+        with torch.autocast(images.tensor.device.type, enabled=False):
+            predictions = [[p.float() for p in level] for level in predictions]
+            return super().forward_inference(images, features, predictions)
 
     @torch.no_grad()
     def label_anchors(
