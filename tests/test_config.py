@@ -217,3 +217,15 @@ def test_cuda_is_refused_before_anything_is_built_on_a_machine_without_it(monkey
         train_net.setup(args)
     assert not (tmp_path / "run").exists()  # refused before the output folder or the log is made
     check_config(load(config, "MODEL.DEVICE", "cpu"))  # the fix the message gives is enough
+
+
+@pytest.mark.parametrize("name", ["shapes_2020", "trees_2020", "trees_2023"])
+def test_experiment_configs_build_their_detector(name):
+    """configs/experiments/ (docs/experiments.md): each resolves and builds; the 2023 one is the authors' recipe."""
+    cfg = load(os.path.join(CONFIG_DIR, "experiments", f"{name}.yaml"), "MODEL.DEVICE", "cpu")
+    model = build_model(cfg)
+    assert cfg.SOLVER.MAX_ITER == 400 and cfg.TEST.EVAL_PERIOD == 100 and not cfg.INPUT.MG_AUGMENT
+    if name == "trees_2023":
+        assert model.network == "mg2023" and cfg.MODEL.MUTUAL_GUIDE.RECIPE == "authors_2023" and cfg.MODEL_EMA.ENABLED
+    else:
+        assert model.network == "mg2020" and cfg.MODEL.MUTUAL_GUIDE.RECIPE == "paper"
