@@ -153,8 +153,10 @@ def test_a_real_network_measurement_leaves_the_model_as_it_was(make_cfg, trainin
     _, model = _tiny_model(make_cfg)
     model.train(not training)  # the measurement's mode differs from the model's
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
     times = precision_module.network_times(model, 64, BF16, training, repeats=1)
     assert len(times) == 2 and all(0 < t < 10 for t in times)
+    assert torch.get_num_threads() == threads
     assert model.training == (not training)
     assert all(p.grad is None for p in model.parameters())
     state = model.state_dict()

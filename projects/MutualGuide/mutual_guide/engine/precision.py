@@ -20,8 +20,8 @@ small matrix product must run at least `MIN_SPEEDUP` times faster in it than in 
 Then, when the caller gives the model (`precision_from_config(cfg, model, training)`: the trainer, evaluation, the
 predictor), the network that will run (backbone, neck, head; no assignment, losses or postprocessing) is timed on a
 dummy batch of `NETWORK_BATCH` images at the configured size, float32 against the reduced dtype under autocast:
-forward and backward for training, forward under no_grad for inference (`network_times`, on a copy of the model,
-which is left untouched). The reduced dtype is used only if it is `MIN_SPEEDUP` times faster there too; otherwise
+forward and backward for training, forward under no_grad for inference (`network_times`: one thread, its CPU time,
+on a copy of the model, which is left untouched). The reduced dtype is used only if it is `MIN_SPEEDUP` times faster there too; otherwise
 the run says so once in the log, with both times, and stays in float32, never slower than float32. The network
 measurement is done once per process for each (model, training or inference) and costs a few seconds.
 """
@@ -58,7 +58,7 @@ PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 MIN_SPEEDUP = 1.2
 NETWORK_BATCH = 2  # images in the dummy batch the network is timed on
 NETWORK_REPEATS = 3  # timed runs per dtype at most, interleaved, after one warm-up each; the best counts
-NETWORK_BUDGET = 4.0  # seconds after which no further timed pair is started (one always is)
+NETWORK_BUDGET = 3.0  # CPU seconds of timed runs after which no third pair is started (two always are)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _reported = set()  # fallback messages already logged in this process
 _network_checks = {}  # (model class, architecture, size, training, dtype) -> (float32 seconds, reduced seconds)
@@ -231,8 +231,10 @@ def network_input_size(model, cfg) -> int:
 def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NETWORK_REPEATS, budget=NETWORK_BUDGET):
     """
     (float32 seconds, `dtype` seconds): the best of up to `repeats` interleaved runs of `model`'s network on a dummy
-    batch of `batch` size x size images, after one warm-up each (no new run after `budget` seconds, one always); forward and backward if `training`, else forward under
-    no_grad in eval mode. Runs on a copy: `model` (weights, gradients, norm statistics, train flag) is untouched.
+    batch of `batch` size x size images, after one warm-up each (two runs each always, a third if the first two
+    pairs took less than `budget` seconds); forward and backward if `training`, else forward under no_grad in eval
+    mode. On the CPU, in one thread, by its CPU time (`time.thread_time`). Runs on a copy: `model` (weights,
+    gradients, norm statistics, train flag) and the number of threads are left as they were.
     None if the network of this model is not known (no `predict`, nor backbone/head/head_in_features).
     """
     if not _network_known(model):
@@ -244,7 +246,7 @@ def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NET
     def run(dt):
         grad = torch.enable_grad() if training else torch.no_grad()
         autocast = torch.autocast(device.type, dtype=dt, enabled=dt != torch.float32)
-        start = time.perf_counter()
+        start = clock()
         with grad:
             with autocast:
                 outputs = _network_outputs(net, images)
@@ -253,16 +255,26 @@ def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NET
                 net.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return clock() - start
 
-    start = time.perf_counter()
-    run(torch.float32), run(dtype)  # warm-up: oneDNN primitives, allocator
-    best = {torch.float32: float("inf"), dtype: float("inf")}
-    for i in range(repeats):
-        if i and time.perf_counter() - start > budget:
-            break
-        for dt in best:
-            best[dt] = min(best[dt], run(dt))
+    # On the CPU, one thread timed by its own CPU time: what the kernels cost, whatever else the machine runs (wall
+    # times on a loaded machine vary 2-3x from run to run and decide by chance); the ratio ignores how each dtype's
+    # kernels scale over threads.
+    threads = torch.get_num_threads()
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        run(torch.float32), run(dtype)  # warm-up: oneDNN primitives, allocator
+        start = clock()
+        best = {torch.float32: float("inf"), dtype: float("inf")}
+        for i in range(repeats):
+            if i >= 2 and clock() - start > budget:
+                break
+            for dt in best:
+                best[dt] = min(best[dt], run(dt))
+    finally:
+        torch.set_num_threads(threads)
     return best[torch.float32], best[dtype]
 
 
