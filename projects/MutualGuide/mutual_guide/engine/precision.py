@@ -57,8 +57,7 @@ PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 # on the CPU (a clear gain: the timings of a shared machine vary by ~10%, and the reduced dtype costs accuracy)
 MIN_SPEEDUP = 1.2
 NETWORK_BATCH = 2  # images in the dummy batch the network is timed on
-NETWORK_REPEATS = 3  # timed runs per dtype at most, interleaved, after one warm-up each; the best counts
-NETWORK_BUDGET = 3.0  # CPU seconds of timed runs after which no third pair is started (two always are)
+NETWORK_REPEATS = 2  # timed runs per dtype, interleaved, after one warm-up each; the best counts (CPU times vary ~5%)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _reported = set()  # fallback messages already logged in this process
 _network_checks = {}  # (model class, architecture, size, training, dtype) -> (float32 seconds, reduced seconds)
@@ -228,12 +227,11 @@ def network_input_size(model, cfg) -> int:
     return -(-size // divisibility) * divisibility
 
 
-def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NETWORK_REPEATS, budget=NETWORK_BUDGET):
+def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NETWORK_REPEATS):
     """
-    (float32 seconds, `dtype` seconds): the best of up to `repeats` interleaved runs of `model`'s network on a dummy
-    batch of `batch` size x size images, after one warm-up each (two runs each always, a third if the first two
-    pairs took less than `budget` seconds); forward and backward if `training`, else forward under no_grad in eval
-    mode. On the CPU, in one thread, by its CPU time (`time.thread_time`). Runs on a copy: `model` (weights,
+    (float32 seconds, `dtype` seconds): the best of `repeats` interleaved runs of `model`'s network on a dummy batch
+    of `batch` size x size images, after one warm-up each; forward and backward if `training`, else forward under
+    no_grad in eval mode. On the CPU, in one thread, by its CPU time (`time.thread_time`). Runs on a copy: `model` (weights,
     gradients, norm statistics, train flag) and the number of threads are left as they were.
     None if the network of this model is not known (no `predict`, nor backbone/head/head_in_features).
     """
@@ -266,11 +264,8 @@ def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NET
         torch.set_num_threads(1)
     try:
         run(torch.float32), run(dtype)  # warm-up: oneDNN primitives, allocator
-        start = clock()
         best = {torch.float32: float("inf"), dtype: float("inf")}
-        for i in range(repeats):
-            if i >= 2 and clock() - start > budget:
-                break
+        for _ in range(repeats):
             for dt in best:
                 best[dt] = min(best[dt], run(dt))
     finally:
