@@ -63,8 +63,8 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         if precision.mixed:  # the reduced dtype must also be faster on this network's training step
             precision = precision_from_config(cfg, self._trainer.model, training=True)
-            if comm.get_world_size() > 1:  # every process computes in the dtype the first one measured
-                precision = comm.all_gather(precision)[0]
+        if comm.get_world_size() > 1:  # every process computes in the dtype the first one measured
+            precision = comm.all_gather(precision)[0]
         self.precision = precision
         self._use_precision(precision)
 
