@@ -83,6 +83,87 @@ def test_cpu_detection_needs_support_and_a_measured_speedup(monkeypatch, flags, 
     assert caps.fast == fast
 
 
+def fake_times(fp32, low, calls=None):
+    """A stand-in for precision.network_times: fixed (float32, reduced) seconds; records its calls."""
+
+    def times(model, size, dtype, training):
+        if calls is not None:
+            calls.append((type(model).__name__, size, dtype, training))
+        return fp32, low
+
+    return times
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """No network measured nor fallback said yet in this process; bfloat16 passes the device's check."""
+    monkeypatch.setattr(precision_module, "_network_checks", {})
+    monkeypatch.setattr(precision_module, "_reported", set())
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: CPU_FAST_BF16)
+
+
+@pytest.mark.parametrize("requested, amp", [("bfloat16", False), ("auto", False), ("float32", True)])
+def test_a_reduced_dtype_slower_on_the_network_falls_back_to_float32_saying_so_once(
+        make_cfg, monkeypatch, caplog, fresh_checks, requested, amp):
+    calls = []
+    monkeypatch.setattr(precision_module, "network_times", fake_times(0.100, 0.125, calls))
+    cfg, model = _tiny_model(make_cfg, **{"MODEL.PRECISION": requested, "SOLVER.AMP.ENABLED": str(amp)})
+    with caplog.at_level(logging.WARNING, logger=precision_module.__name__):
+        got = [precision_module.precision_from_config(cfg, model, training=True) for _ in range(3)]
+    assert all(p.dtype == FP32 for p in got)
+    assert calls == [("MutualGuideDetector", 64, BF16, True)]  # measured once per process
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert f"MODEL.PRECISION {requested!r}" in messages[0] and ("SOLVER.AMP.ENABLED" in messages[0]) == amp
+    assert "100 ms in float32" in messages[0] and "125 ms in bfloat16" in messages[0]
+    assert "running in float32" in messages[0]
+
+
+def test_a_reduced_dtype_faster_on_the_network_is_used(make_cfg, monkeypatch, caplog, fresh_checks):
+    calls = []
+    monkeypatch.setattr(precision_module, "network_times", fake_times(0.30, 0.20, calls))  # 1.5x >= MIN_SPEEDUP
+    cfg, model = _tiny_model(make_cfg, **{"MODEL.PRECISION": "auto"})
+    with caplog.at_level(logging.WARNING, logger=precision_module.__name__):
+        assert precision_module.precision_from_config(cfg, model, training=True).dtype == BF16
+        assert precision_module.precision_from_config(cfg, model, training=False).dtype == BF16
+    assert [c[3] for c in calls] == [True, False]  # training and inference measured apart
+    assert not caplog.records
+    # just below the threshold: float32
+    monkeypatch.setattr(precision_module, "_network_checks", {})
+    monkeypatch.setattr(precision_module, "network_times", fake_times(0.119, 0.100))
+    assert precision_module.precision_from_config(cfg, model, training=True).dtype == FP32
+
+
+@pytest.mark.parametrize("requested, caps", [("float32", CPU_FAST_BF16), ("auto", CPU_SLOW), ("bfloat16", CUDA_BF16)])
+def test_nothing_is_measured_when_no_reduced_dtype_would_run_on_the_cpu(make_cfg, monkeypatch, requested, caps):
+    def never(*args, **kwargs):
+        raise AssertionError("network measured")
+
+    monkeypatch.setattr(precision_module, "_network_checks", {})
+    monkeypatch.setattr(precision_module, "network_times", never)
+    monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: caps)
+    monkeypatch.setattr(precision_module, "device_capabilities", lambda device: caps)
+    cfg, model = _tiny_model(make_cfg, **{"MODEL.PRECISION": requested})
+    got = precision_module.precision_from_config(cfg, model, training=True)
+    assert got.dtype == {"float32": FP32, "auto": FP32, "bfloat16": BF16}[requested]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_real_network_measurement_leaves_the_model_as_it_was(make_cfg, training):
+    _, model = _tiny_model(make_cfg)
+    model.train(not training)  # the measurement's mode differs from the model's
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    times = precision_module.network_times(model, 64, BF16, training, repeats=1)
+    assert len(times) == 2 and all(0 < t < 10 for t in times)
+    assert torch.get_num_threads() == threads
+    assert model.training == (not training)
+    assert all(p.grad is None for p in model.parameters())
+    state = model.state_dict()
+    assert state.keys() == buffers.keys()
+    assert all(torch.equal(state[k], v) for k, v in buffers.items())  # weights, BN running stats and counts
+
+
 def _tiny_model(make_cfg, **opts):
     cfg = make_cfg(size=64, num_classes=3, opts=[x for kv in opts.items() for x in kv])
     torch.manual_seed(0)
@@ -149,6 +230,7 @@ def test_a_bfloat16_training_step_runs_with_finite_loss_and_float32_weights(make
 
 def test_the_predictor_in_bfloat16_returns_float32_boxes(make_cfg, monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: CPU_FAST_BF16)
+    monkeypatch.setattr(precision_module, "network_times", fake_times(0.2, 0.1))
     cfg, model = _tiny_model(make_cfg, **{"MODEL.PRECISION": "bfloat16", "MODEL.MUTUAL_GUIDE.SCORE_THRESH_TEST": "0.0"})
     predictor = MutualGuidePredictor(cfg, model=model.fuse_for_inference())
     seen = []
@@ -173,6 +255,8 @@ def test_the_trainer_steps_in_the_precision_it_resolved(tmp_path, monkeypatch, m
     from mutual_guide.data import make_synthetic_dataset, register_custom_datasets
 
     monkeypatch.setattr(precision_module, "cpu_capabilities", lambda: caps)
+    monkeypatch.setattr(precision_module, "_network_checks", {})
+    monkeypatch.setattr(precision_module, "network_times", fake_times(0.2, 0.1))
     name = f"amp_{uuid.uuid4().hex[:8]}"
     data = make_synthetic_dataset(str(tmp_path / "data"), "coco", num_train=4, num_test=1, image_size=64, name=name)
     cfg = make_cfg(size=64, num_classes=3, opts=[

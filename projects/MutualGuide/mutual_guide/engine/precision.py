@@ -15,11 +15,18 @@ The weights, the optimizer and the checkpoints stay float32.
 
 SOLVER.AMP.ENABLED True (detectron2's switch) with MODEL.PRECISION "float32" is "float16" on CUDA, exactly
 detectron2's AMPTrainer (float16 autocast, GradScaler), and "auto" on the CPU, where float16 is slow.
-"Fast here" is measured once per process: a reduced dtype is used on the CPU only when oneDNN supports it and a
-small matrix product runs at least `MIN_SPEEDUP` times faster in it than in float32; otherwise the run says so
-once in the log and stays in float32, never slower than float32.
+"Fast here" is measured on the CPU in two steps. First, once per process, oneDNN must support the dtype and a
+small matrix product must run at least `MIN_SPEEDUP` times faster in it than in float32 (`cpu_capabilities`).
+Then, when the caller gives the model (`precision_from_config(cfg, model, training)`: the trainer, evaluation, the
+predictor), the network that will run (backbone, neck, head; no assignment, losses or postprocessing) is timed on a
+dummy batch of `NETWORK_BATCH` images at the configured size, float32 against the reduced dtype under autocast:
+forward and backward for training, forward under no_grad for inference (`network_times`: one thread, its CPU time,
+on a copy of the model, which is left untouched). The reduced dtype is used only if it is `MIN_SPEEDUP` times faster there too; otherwise
+the run says so once in the log, with both times, and stays in float32, never slower than float32. The network
+measurement is done once per process for each (model, training or inference) and costs a few seconds.
 """
 import contextlib
+import copy
 import dataclasses
 import functools
 import logging
@@ -38,6 +45,7 @@ __all__ = [
     "check_precision",
     "cpu_capabilities",
     "device_capabilities",
+    "network_times",
     "precision_from_config",
     "resolve_precision",
 ]
@@ -45,10 +53,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("float32", "bfloat16", "float16", "auto")
-# a reduced dtype must beat float32 by this much on the startup matrix product to be used on the CPU
+# a reduced dtype must beat float32 by this much, on the startup matrix product and then on the network, to be used
+# on the CPU (a clear gain: the timings of a shared machine vary by ~10%, and the reduced dtype costs accuracy)
 MIN_SPEEDUP = 1.2
+NETWORK_BATCH = 2  # images in the dummy batch the network is timed on
+NETWORK_REPEATS = 2  # timed runs per dtype, interleaved, after one warm-up each; the best counts (CPU times vary ~5%)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _reported = set()  # fallback messages already logged in this process
+_network_checks = {}  # (model class, architecture, size, training, dtype) -> (float32 seconds, reduced seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,9 +203,117 @@ def resolve_precision(requested: str, device, amp_enabled: bool = False, capabil
     return Precision(torch.float32, device_type, requested=requested)
 
 
-def precision_from_config(cfg) -> Precision:
-    """The Precision of the run `cfg` configures (MODEL.PRECISION, SOLVER.AMP.ENABLED, MODEL.DEVICE)."""
-    return resolve_precision(cfg.MODEL.PRECISION, cfg.MODEL.DEVICE, amp_enabled=cfg.SOLVER.AMP.ENABLED)
+def _network_known(model):
+    return hasattr(model, "predict") or all(hasattr(model, a) for a in ("backbone", "head", "head_in_features"))
+
+
+def _network_outputs(model, images):
+    """The network's outputs on `images`, without assignment, losses or postprocessing (`_network_known` models)."""
+    if hasattr(model, "predict"):  # MutualGuideDetector: backbone -> neck -> head
+        return list(model.predict(images))
+    features = model.backbone(images)  # RetinaNet: backbone (with its FPN) -> head
+    outputs = model.head([features[f] for f in model.head_in_features])
+    return [t for level in outputs for t in level]
+
+
+def network_input_size(model, cfg) -> int:
+    """The side of the square images the network sees: INPUT.SIZE for MutualGuideDetector, else INPUT.MIN_SIZE_TEST
+    rounded up to the backbone's size divisibility (RetinaNet)."""
+    size = getattr(model, "input_size", None)
+    if size:
+        return int(size)
+    size = int(cfg.INPUT.MIN_SIZE_TEST)
+    divisibility = int(getattr(getattr(model, "backbone", None), "size_divisibility", 0) or 1)
+    return -(-size // divisibility) * divisibility
+
+
+def network_times(model, size, dtype, training, batch=NETWORK_BATCH, repeats=NETWORK_REPEATS):
+    """
+    (float32 seconds, `dtype` seconds): the best of `repeats` interleaved runs of `model`'s network on a dummy batch
+    of `batch` size x size images, after one warm-up each; forward and backward if `training`, else forward under
+    no_grad in eval mode. On the CPU, in one thread, by its CPU time (`time.thread_time`). Runs on a copy: `model` (weights,
+    gradients, norm statistics, train flag) and the number of threads are left as they were.
+    None if the network of this model is not known (no `predict`, nor backbone/head/head_in_features).
+    """
+    if not _network_known(model):
+        return None
+    net = copy.deepcopy(model).train(training)
+    device = next(iter(net.parameters())).device
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def run(dt):
+        grad = torch.enable_grad() if training else torch.no_grad()
+        autocast = torch.autocast(device.type, dtype=dt, enabled=dt != torch.float32)
+        start = clock()
+        with grad:
+            with autocast:
+                outputs = _network_outputs(net, images)
+            if training:
+                sum(o.float().sum() for o in outputs).backward()
+                net.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return clock() - start
+
+    # On the CPU, one thread timed by its own CPU time: what the kernels cost, whatever else the machine runs (wall
+    # times on a loaded machine vary 2-3x from run to run and decide by chance); the ratio ignores how each dtype's
+    # kernels scale over threads.
+    threads = torch.get_num_threads()
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        run(torch.float32), run(dtype)  # warm-up: oneDNN primitives, allocator
+        best = {torch.float32: float("inf"), dtype: float("inf")}
+        for _ in range(repeats):
+            for dt in best:
+                best[dt] = min(best[dt], run(dt))
+    finally:
+        torch.set_num_threads(threads)
+    return best[torch.float32], best[dtype]
+
+
+def check_on_network(precision: Precision, model, size, training, label="MODEL.PRECISION") -> Precision:
+    """
+    `precision` if its reduced dtype runs `model`'s network at least MIN_SPEEDUP times faster than float32
+    (`network_times`, measured once per process for each model architecture, size and mode), else float32 with one
+    warning naming `label` and both times. float32 and CUDA precisions are returned as they are, unmeasured.
+    """
+    if not precision.mixed or precision.device_type != "cpu":
+        return precision
+    model = getattr(model, "module", model)  # DistributedDataParallel's
+    mode = "training" if training else "inference"
+    key = (type(model).__qualname__, hash(repr(model)), int(size), bool(training), precision.dtype)
+    if key not in _network_checks:
+        start = time.perf_counter()
+        _network_checks[key] = network_times(model, size, precision.dtype, training)
+        if _network_checks[key] is not None:
+            logger.info("%s: %s network measured in %.1f s", label, mode, time.perf_counter() - start)
+    times = _network_checks[key]
+    if times is None:
+        return precision
+    fp32, low = times
+    what = (f"{type(model).__name__} {mode} on {NETWORK_BATCH} images of {size}x{size} took "
+            f"{fp32 * 1e3:.0f} ms in float32 and {low * 1e3:.0f} ms in {precision.name}")
+    if fp32 >= MIN_SPEEDUP * low:
+        logger.info("%s: %s (%.2fx): %s", label, what, fp32 / max(low, 1e-9), precision.name)
+        return precision
+    _report_once(f"{label}: {what} ({fp32 / max(low, 1e-9):.2f}x, {MIN_SPEEDUP}x needed); running in float32")
+    return Precision(torch.float32, precision.device_type, requested=precision.requested)
+
+
+def precision_from_config(cfg, model=None, training=False) -> Precision:
+    """
+    The Precision of the run `cfg` configures (MODEL.PRECISION, SOLVER.AMP.ENABLED, MODEL.DEVICE). Given `model`,
+    a reduced dtype on the CPU must also be faster on its network (`check_on_network`), for training (forward and
+    backward) or inference (forward).
+    """
+    precision = resolve_precision(cfg.MODEL.PRECISION, cfg.MODEL.DEVICE, amp_enabled=cfg.SOLVER.AMP.ENABLED)
+    if model is None or not precision.mixed:
+        return precision
+    label = f"MODEL.PRECISION {cfg.MODEL.PRECISION!r}" + (
+        " (SOLVER.AMP.ENABLED True)" if cfg.MODEL.PRECISION == "float32" else "")
+    return check_on_network(precision, model, network_input_size(getattr(model, "module", model), cfg), training, label)
 
 
 class MixedPrecisionTrainer(AMPTrainer):

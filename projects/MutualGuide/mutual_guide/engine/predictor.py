@@ -35,7 +35,7 @@ class MutualGuidePredictor:
         self.model = model.eval()
         self.transform = build_test_transform(self.cfg)
         self.input_format = cfg.INPUT.FORMAT
-        self.precision = precision_from_config(self.cfg)
+        self.precision = precision_from_config(self.cfg, self.model, training=False)  # measured on this network
         self.sliced = (
             SlicedDetector.from_config(self.cfg, self.model, self.transform, progress=True)
             if cfg.TEST.SLICE.ENABLED

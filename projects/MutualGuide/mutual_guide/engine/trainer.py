@@ -48,7 +48,8 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the project's data mapper (detectron2's for its own detectors), evaluators, strict checkpointer and CPU-capable DDP."""
 
     def __init__(self, cfg):
-        # MODEL.PRECISION (and SOLVER.AMP.ENABLED) decided once, before anything is built; a fallback is logged
+        # MODEL.PRECISION (and SOLVER.AMP.ENABLED): the device's check before anything is built, the network's once
+        # it is (engine/precision.py); a fallback is logged
         precision = precision_from_config(cfg)
         # Every dataset of the run is checked before anything is built, so that a bad image or annotation
         # stops the run now rather than at the iteration that samples it or at the final evaluation.
@@ -60,6 +61,10 @@ class Trainer(DefaultTrainer):
                 super().__init__(cfg)
         else:
             super().__init__(cfg)
+        if precision.mixed:  # the reduced dtype must also be faster on this network's training step
+            precision = precision_from_config(cfg, self._trainer.model, training=True)
+        if comm.get_world_size() > 1:  # every process computes in the dtype the first one measured
+            precision = comm.all_gather(precision)[0]
         self.precision = precision
         self._use_precision(precision)
 
@@ -220,10 +225,11 @@ class Trainer(DefaultTrainer):
         model giving the candidates its NMS removed for the per-image records (evaluation/records.py); with
         TEST.SLICE.ENABLED, of the model on tiles (engine/slicing.py), without them.
         """
+        precision = precision_from_config(cfg, model, training=False)  # measured on this network once per process
         if cfg.TEST.SLICE.ENABLED:  # the merge of the tiles keeps no removed candidates: not asked for
-            with precision_from_config(cfg).autocast():
+            with precision.autocast():
                 return super().test(cfg, SlicedDetector.from_config(cfg, model, build_test_transform(cfg)), evaluators)
-        with removed_candidates_recorded(model), precision_from_config(cfg).autocast():
+        with removed_candidates_recorded(model), precision.autocast():
             return super().test(cfg, model, evaluators)
 
     @classmethod
