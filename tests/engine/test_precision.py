@@ -268,3 +268,16 @@ def test_the_trainer_steps_in_the_precision_it_resolved(tmp_path, monkeypatch, m
     (tmp_path / "out").mkdir()  # train_net.setup makes it
     trainer = Trainer(cfg)
     assert type(trainer._trainer) is step_type and trainer.precision.dtype == dtype
+
+
+def test_deciding_leaves_the_global_random_stream_alone():
+    """A seeded run draws the same numbers whatever was measured before (the startup check has its own generator,
+    and float32 measures nothing)."""
+    from mutual_guide.engine import precision
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    precision.resolve_precision("float32", "cpu")
+    precision.matmul_speedup(torch.bfloat16, size=16, repeats=1)
+    assert torch.equal(torch.rand(3), expected)

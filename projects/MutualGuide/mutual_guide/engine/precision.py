@@ -125,7 +125,9 @@ def _onednn_supports(dtype_name):
 
 def matmul_speedup(dtype, size=256, repeats=8):
     """float32 time / `dtype` time of a size x size matrix product on the CPU (best of interleaved repeats)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    # a generator of its own: measuring must not move the global random stream a seeded run depends on
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     low_a, low_b = a.to(dtype), b.to(dtype)
     best = {torch.float32: float("inf"), dtype: float("inf")}
     for _ in range(repeats):
@@ -180,13 +182,14 @@ def resolve_precision(requested: str, device, amp_enabled: bool = False, capabil
     (see the module's table). A fallback is logged once per process, with the reason.
     """
     check_precision(requested)
+    device_type = torch.device(device).type
+    if requested == "float32" and not amp_enabled:  # nothing to decide: nothing is measured
+        return Precision(torch.float32, device_type, requested=requested)
     caps = capabilities if capabilities is not None else device_capabilities(device)
     device_type = caps.device_type
     wanted = requested
     if requested == "float32" and amp_enabled:
         wanted = "float16" if device_type == "cuda" else "auto"
-    if wanted == "float32":
-        return Precision(torch.float32, device_type, requested=requested)
     label = f"MODEL.PRECISION {requested!r}" + (" (SOLVER.AMP.ENABLED True)" if wanted != requested else "")
     if device_type == "cuda":
         if wanted in ("bfloat16", "auto") and caps.fast.get("bfloat16"):
