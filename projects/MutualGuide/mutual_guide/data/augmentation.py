@@ -10,8 +10,9 @@ resized, with all its boxes.
 The image stays uint8 throughout, as in the paper's code: the photometric distortion truncates to uint8 after each
 step and goes through OpenCV's uint8 HSV (hue 0-180) once. Transforms cannot drop boxes, so the one step that
 removes objects (the crop keeps the boxes whose centres fall inside it) is carried out by `DetectionAugInput`.
-The seed draws from Python's `random`; here all randomness comes from numpy's global RNG, as in detectron2, so
-`np.random.seed` makes a run repeatable: the samples differ from the seed's, their distributions do not
+The paper's code draws from Python's `random`; here all randomness comes from numpy's global RNG, as in
+detectron2, so `np.random.seed` makes a run repeatable: the samples differ from the paper's code's, their
+distributions do not
 (parity/check_paper_augmentation.py measures both).
 """
 import cv2
