@@ -30,7 +30,7 @@ from mutual_guide.data.crop_expand import CropExpandTransform, QuantizeTransform
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from authors_2023_code import add_authors_repo_argument, load_authors_module  # noqa: E402
-from check_paper_augmentation import ci_input, compare, voc_inputs  # noqa: E402
+from check_paper_augmentation import ci_input, collect, compare, voc_inputs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # their preproc_for_test's
@@ -175,21 +175,6 @@ class OurRecorder:
             rec["canvas aspect (log)"] = math.log(window[0].canvas_w / window[0].canvas_h)
         rec["mirrored"] = any(isinstance(t, T.HFlipTransform) for t in tfms.transforms)
         return rec, aug_input.boxes
-
-
-def collect(recorder, image, boxes, samples):
-    values = {}
-    for _ in range(samples):
-        rec, out = recorder(image, boxes)
-        out = np.asarray(out, np.float64).reshape(-1, 4)
-        wh = out[:, 2:] - out[:, :2]
-        rec["boxes kept"] = len(out) / len(boxes)
-        rec["box side (px), mean of a sample"] = np.sqrt(wh[:, 0] * wh[:, 1]).mean()
-        rec["box aspect (log), mean of a sample"] = np.log(wh[:, 0] / wh[:, 1]).mean()
-        rec["a box side < 8 px"] = bool((np.minimum(wh[:, 0], wh[:, 1]) < 8).any())
-        for key, v in rec.items():
-            values.setdefault(key, []).append(v)
-    return values
 
 
 def main():

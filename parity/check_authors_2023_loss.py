@@ -23,11 +23,11 @@ import tempfile
 
 import torch
 
-from detectron2.structures import Boxes, Instances
-
 from mutual_guide.modeling.anchors import generate_anchors, generate_normalized_anchors
 from mutual_guide.modeling.recipe_2023 import shift_labels_as_authors
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_paper_loss import random_ground_truth  # noqa: E402
 
 SIZE, ANCHOR_SIZE = 640, 48.0
 TARGET_TOL = 1e-5  # absolute, on weights in [0, 1], normalised boxes and SSD deltas
@@ -86,20 +86,6 @@ def run_authors(loss_module, mutual, logits, deltas, priors, targets):
     finally:
         setattr(loss_module, matcher_name, original)
     return filled["tensors"], criterion, total
-
-
-def random_ground_truth(batch, num_classes, generator):
-    """5-10 boxes per image in 640 px: (our Instances, their [G, 5] targets: boxes / 640, class from 0)."""
-    instances, targets = [], []
-    for _ in range(batch):
-        k = int(torch.randint(5, 11, (1,), generator=generator))
-        xy = torch.rand(k, 2, generator=generator) * SIZE * 0.75
-        wh = torch.rand(k, 2, generator=generator) * SIZE * 0.35 + 10
-        boxes = torch.cat([xy, (xy + wh).clamp(max=SIZE)], 1)
-        classes = torch.randint(0, num_classes, (k,), generator=generator)
-        instances.append(Instances((SIZE, SIZE), gt_boxes=Boxes(boxes), gt_classes=classes))
-        targets.append(torch.cat([boxes / SIZE, classes.float().unsqueeze(1)], 1))
-    return instances, targets
 
 
 def build_ours(mutual, num_classes):
@@ -214,7 +200,7 @@ def main():
             model.label_anchors = label_anchors
             for trial in range(args.trials):
                 g = torch.Generator().manual_seed(trial)
-                gt, targets = random_ground_truth(args.batch, args.num_classes, g)
+                gt, targets = random_ground_truth(args.batch, SIZE, args.num_classes, g, first_label=0)
                 a = len(priors)
                 shape_l, shape_d = (args.batch, a, args.num_classes), (args.batch, a, 4)
                 inputs = {

@@ -33,8 +33,12 @@ def load_paper_loss(paper_repo):
     return loss_module.MultiBoxLoss, prior_module.PriorBox
 
 
-def random_ground_truth(batch, size, num_classes, generator):
-    """5-10 boxes per image, 10-122 px sides, clipped to the image: (our Instances, the authors' [G, 5] targets)."""
+def random_ground_truth(batch, size, num_classes, generator, first_label=1):
+    """
+    5-10 boxes per image of `size` px, sides 10 to 10 + 0.35 `size`, clipped to the image: (our Instances, the
+    authors' [G, 5] targets: boxes relative to the image, the class numbered from `first_label`: 1 in the paper's
+    code, whose 0 is the background; 0 in their code at 108b4a8).
+    """
     instances, targets = [], []
     for _ in range(batch):
         k = int(torch.randint(5, 11, (1,), generator=generator))
@@ -43,8 +47,7 @@ def random_ground_truth(batch, size, num_classes, generator):
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
         classes = torch.randint(0, num_classes, (k,), generator=generator)
         instances.append(Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=classes))
-        # the authors' code: coordinates relative to the image, label 1..C (0 is its background)
-        targets.append(torch.cat([boxes / size, (classes + 1).float().unsqueeze(1)], 1))
+        targets.append(torch.cat([boxes / size, (classes + first_label).float().unsqueeze(1)], 1))
     return instances, targets
 
 
