@@ -23,13 +23,8 @@ from tabulate import tabulate  # noqa: E402
 
 from mutual_guide.utils.atomic_io import refuse_to_replace, write_atomically  # noqa: E402
 
-
-def parse_setting(text):
-    name, sep, folders = text.partition("=")
-    folders = [f for f in folders.split(",") if f]
-    if not sep or not name or not folders:
-        raise argparse.ArgumentTypeError(f"--setting {text!r}: expected NAME=RUN[,RUN...]")
-    return name, folders
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_runs import parse_setting  # noqa: E402  (the same --setting NAME=RUN[,RUN...])
 
 
 def read_curve(run, metric):
