@@ -101,7 +101,7 @@ def ours_seconds_per_iteration(args, workers, out):
         "INPUT.SIZE", str(args.size), "DATASETS.CUSTOM", json.dumps([spec]), "DATASETS.TRAIN", "('bench_train',)",
         "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.MAX_ITER", str(args.iters),
         "SOLVER.WARMUP_ITERS", "5", "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATALOADER.NUM_WORKERS", str(workers),
-        "OUTPUT_DIR", out,
+        "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "True", "OUTPUT_DIR", out,  # as train_paper_loop does
     ]
     done = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", "configs/Base-MutualGuide.yaml", *opts], cwd=ROOT,

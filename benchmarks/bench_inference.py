@@ -19,14 +19,20 @@ onnx:  ours exported with NMS in the graph (`export_onnx(..., with_nms=True)`), 
 
 All run on the same random-weight model and the same images, one image at a time (the paper's test loop), and
 ours also in batches of TEST.IMS_PER_BATCH as our evaluation runs; the sides take turns, --repeats passes each.
+Each pass of a mixed side runs in one autocast context, as our evaluation does (the predictor enters one per
+image, which adds the weights' cast to each call: about 4 ms for VGG16 on this CPU).
+--device runs every PyTorch side there (default: the GPU when there is one; the authors' `.cuda()` calls then
+reach it), the numpy post-processing of the paper's style and of the authors' code on the CPU as theirs does;
+ONNX Runtime runs on the CPU only, so it is left out on a GPU.
 Untrained heads score every anchor alike, so the head is rescaled to spread the logits such that about
 --candidate-fraction of the (anchor, class) pairs pass SCORE_THRESH_TEST, as a trained detector's do.
 Prints per-image times of the network and of the post-processing, and the ratio paper / ours.
 
     .venv/bin/python benchmarks/bench_inference.py [--config-file configs/mg_vgg16_fpn_coco.yaml] [--images 8]
-        [--paper-repo <checkout>] [--precision auto|bfloat16|float16|float32]
+        [--paper-repo <checkout>] [--precision auto|bfloat16|float16|float32] [--device cpu|cuda]
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -47,7 +53,7 @@ from mutual_guide.engine.precision import PRECISIONS, resolve_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "parity"))
-from paper_code import PAPER_REPO_HELP, add_paper_repo_argument, import_paper  # noqa: E402
+from paper_code import PAPER_REPO_HELP, add_paper_repo_argument, import_paper, set_paper_device  # noqa: E402
 from paper_loop import build_paper_model  # noqa: E402
 
 PAPER_NETWORKS = {"VGG16", "ResNet18", "RepVGG", "ShuffleNetV2"}
@@ -74,8 +80,8 @@ def numpy_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float):
 
 def paper_postprocess(model, logits: torch.Tensor, deltas: torch.Tensor):
     """Decode all anchors, then per class: threshold, numpy NMS; keep the best max_detections overall."""
-    boxes = model.box2box_transform.apply_deltas(deltas[0], model.anchors).clamp(0, model.input_size).numpy()
-    scores = logits[0].sigmoid().numpy()
+    boxes = model.box2box_transform.apply_deltas(deltas[0], model.anchors).clamp(0, model.input_size).cpu().numpy()
+    scores = logits[0].sigmoid().cpu().numpy()
     detections = []
     for j in range(model.num_classes):
         inds = np.where(scores[:, j] > model.test_score_thresh)[0]
@@ -104,6 +110,13 @@ def spread_head(model, images: torch.Tensor, fraction: float):
         conv.weight.mul_(0.5 / deltas.std())
 
 
+def synchronizer(device):
+    """A function that waits for the device's queued work (a GPU runs asynchronously); nothing on the CPU."""
+    if torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def authors_side(paper_repo, cfg, model, images):
     """
     The authors' test path (main.py at fd2c4cc, its evaluation loop, read and re-created around their modules):
@@ -116,9 +129,12 @@ def authors_side(paper_repo, cfg, model, images):
                                 cfg.MODEL.NECK.NAME).eval()
     network.load_state_dict(to_paper_state_dict(model.state_dict()))
     box, prior_box = import_paper(paper_repo, "utils.box", "utils.box.prior_box")
-    priors = prior_box.PriorBox(cfg.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE, cfg.INPUT.SIZE).forward()
+    device = set_paper_device(model.device)
+    network.cuda()  # main.py's placement: here the device of the benchmark
+    priors = prior_box.PriorBox(cfg.MODEL.MUTUAL_GUIDE.ANCHOR_BASE_SIZE, cfg.INPUT.SIZE).forward().cuda()
     detect = box.Detect(model.num_classes + 1)
-    scale = torch.tensor([cfg.INPUT.SIZE] * 4, dtype=torch.float32)
+    scale = torch.tensor([cfg.INPUT.SIZE] * 4, dtype=torch.float32).cuda()
+    sync = synchronizer(device)
     thresh, nms_thresh, max_per_image = model.test_score_thresh, model.test_nms_thresh, 300
 
     def run():
@@ -126,9 +142,10 @@ def authors_side(paper_repo, cfg, model, images):
         for x in images:
             t0 = time.perf_counter()
             boxes, scores = detect.forward(network(x), priors)  # main.py times these two as "im_detect"
+            sync()
             t1 = time.perf_counter()
-            boxes = (boxes * scale).numpy()
-            scores = scores.numpy()
+            boxes = (boxes * scale).cpu().numpy()
+            scores = scores.cpu().numpy()
             kept = []
             for j in range(model.num_classes):
                 inds = np.where(scores[:, j] > thresh)[0]
@@ -170,23 +187,26 @@ def main():
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="MODEL.PRECISION of the 'ours <dtype>' sides (float32: no such sides)")
     add_paper_repo_argument(parser, required=False, help=PAPER_REPO_HELP + ": also time the authors' test path")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:N] (default: cuda when there is a GPU)")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    mixed = resolve_precision(args.precision, "cpu")
+    mixed = resolve_precision(args.precision, args.device)
+    sync = synchronizer(args.device)
 
     cfg = get_cfg()
     mutual_guide.add_mutual_guide_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.BACKBONE.PRETRAINED = ""
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = args.device
     torch.manual_seed(0)
     paper_cfg = cfg.clone()
     paper_cfg.MODEL.MUTUAL_GUIDE.CHANNELS_LAST_DEVICES = []  # the paper's NCHW layout
     paper = build_model(paper_cfg).eval()
     size = cfg.INPUT.SIZE
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.images, 1, 3, size, size), generator=g).float()
+    images = torch.randint(0, 256, (args.images, 1, 3, size, size), generator=g).float().to(paper.device)
     images = images - paper.pixel_mean.view(1, 1, 3, 1, 1)
     spread_head(paper, images[0], args.candidate_fraction)
     ours = build_model(cfg).eval()  # NHWC where CHANNELS_LAST_DEVICES says so (the CPU)
@@ -198,10 +218,13 @@ def main():
         def run():
             network = postprocess = 0.0
             for x in images:
+                sync()
                 t0 = time.perf_counter()
                 logits, deltas = model.predict(x)
+                sync()
                 t1 = time.perf_counter()
                 post(model, logits, deltas)
+                sync()
                 network, postprocess = network + t1 - t0, postprocess + time.perf_counter() - t1
             return network / len(images), postprocess / len(images)
         return run
@@ -211,11 +234,14 @@ def main():
         def run():
             network = postprocess = 0.0
             for batch in images.squeeze(1).split(cfg.TEST.IMS_PER_BATCH):
+                sync()
                 t0 = time.perf_counter()
-                with precision.autocast() if precision else torch.autocast("cpu", enabled=False):
+                with precision.autocast() if precision else contextlib.nullcontext():
                     logits, deltas = ours.predict(batch)
+                    sync()
                     t1 = time.perf_counter()
                     ours.inference(logits, deltas)
+                    sync()
                 network, postprocess = network + t1 - t0, postprocess + time.perf_counter() - t1
             return network / len(images), postprocess / len(images)
         return run
@@ -243,7 +269,7 @@ def main():
             authors = authors_side(args.paper_repo, cfg, paper, images)
             if authors is not None:
                 sides["authors'"] = authors
-        session = onnx_session(paper, folder)
+        session = onnx_session(paper, folder) if paper.device.type == "cpu" else None
         if session is not None:
             uint8 = (images + paper.pixel_mean.view(1, 1, 3, 1, 1)).round().clamp(0, 255).to(torch.uint8).numpy()
 
@@ -261,10 +287,11 @@ def main():
                 results[name].append(fn())
         times = {name: min(r[1:], key=lambda t: (t[0] or 0) + t[1]) for name, r in results.items()}
 
+    where = (f"{torch.get_num_threads()} threads" if paper.device.type == "cpu"
+             else torch.cuda.get_device_name(paper.device))
     print(f"{os.path.basename(args.config_file)}: {size}x{size}, {paper.num_classes} classes, "
           f"{len(paper.anchors)} anchors, {candidates} candidates above {paper.test_score_thresh} in image 0, "
-          f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, {torch.get_num_threads()} "
-          f"threads")
+          f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, {args.device} ({where})")
     print(f"{'per image':18} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
     for name, (network, post) in times.items():
         if network is None:

@@ -17,7 +17,9 @@ authors':     with --paper-repo DIR (a checkout of zhanghengdev/MutualGuide at f
               also timed.
 
     .venv/bin/python benchmarks/bench_train_step.py [--paper-repo <checkout>] [--batch 16] [--num-classes 80]
-        [--precision auto|bfloat16|float16|float32]
+        [--precision auto|bfloat16|float16|float32] [--device cpu|cuda]
+
+--device runs every side there (default: the GPU when there is one; the authors' `.cuda()` calls then reach it).
 """
 import argparse
 import contextlib
@@ -41,7 +43,7 @@ from mutual_guide.utils import oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "parity"))
-from paper_code import PAPER_REPO_HELP, add_paper_repo_argument  # noqa: E402
+from paper_code import PAPER_REPO_HELP, add_paper_repo_argument, set_paper_device  # noqa: E402
 from check_paper_loss import load_paper_loss  # noqa: E402  (the authors' MultiBoxLoss, runnable on the CPU)
 
 
@@ -67,18 +69,20 @@ def make_batch(batch, size, num_classes, seed=0):
 
 def paper_style_losses(model, logits, deltas, batch):
     """Per-object labels, then a one-hot target over all anchors and classes, as the authors' MultiBoxLoss."""
-    size = model.input_size
-    boxes = [x["instances"].gt_boxes.tensor for x in batch]
+    size, device = model.input_size, logits.device
+    boxes = [x["instances"].gt_boxes.tensor.to(device) for x in batch]
     classes = [x["instances"].gt_classes for x in batch]
     mutual_guidance = model.anchor_matcher.uses_predictions
-    pred_boxes = model.decode_boxes(deltas.detach()) / size if mutual_guidance else None
-    # IoUs relative to the image side, as the authors' code (and ours) measure them
+    pred_boxes = model.decode_boxes(deltas.detach()).cpu() / size if mutual_guidance else None
+    # IoUs relative to the image side, as the authors' code (and ours) measure them; the per-object loop runs on
+    # the CPU (on a GPU run, its inputs and labels cross over, as part of this side's time)
     labels = oracle.oracle_label_anchors(
-        model.normalized_anchors, [b / size for b in boxes], classes, model.num_classes, pred_boxes=pred_boxes,
-        pred_logits=logits.detach(), mutual_guidance=mutual_guidance,
+        model.normalized_anchors.cpu(), [b.cpu() / size for b in boxes], classes, model.num_classes,
+        pred_boxes=pred_boxes, pred_logits=logits.detach().cpu(), mutual_guidance=mutual_guidance,
     )
+    labels = {k: v.to(device) for k, v in labels.items()}
     cls_labels = labels["cls_labels"]
-    one_hot = torch.zeros(*cls_labels.shape, model.num_classes + 1)  # background as an extra column
+    one_hot = torch.zeros(*cls_labels.shape, model.num_classes + 1, device=device)  # background: an extra column
     one_hot.scatter_(2, cls_labels.masked_fill(cls_labels < 0, model.num_classes).unsqueeze(-1), 1.0)
     targets = one_hot[..., :-1]
     # the authors' rule: the focal loss runs over positive and negative anchors only (a boolean-mask selection)
@@ -106,6 +110,7 @@ def authors_losses(model, multibox_loss, priors, logits, deltas, batch):
     size = model.input_size
     targets = [
         torch.cat([x["instances"].gt_boxes.tensor / size, (x["instances"].gt_classes + 1).float()[:, None]], 1)
+        .cuda()  # main.py's placement: the benchmark's device (set_paper_device)
         for x in batch
     ]
     loss_box, loss_cls = multibox_loss((deltas, logits), priors, targets)
@@ -125,31 +130,40 @@ class Side:
 
     def __init__(self, name, model, loss_fn=None, precision=None):
         self.name, self.model, self.loss_fn = name, model, loss_fn
+        self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
         self.precision = precision  # a mixed Precision for "ours, mixed"; None: float32
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         self.times, self.losses = [], None
 
     def step(self, batch):
+        self.sync()
         t0 = time.perf_counter()
         if self.loss_fn is None:  # ours, exactly as detectron2's trainer (or MixedPrecisionTrainer) calls the model
             with self.precision.autocast() if self.precision else contextlib.nullcontext():
                 losses = self.model(batch)
+            self.sync()
             t1 = t2 = time.perf_counter()  # forward and losses are one call
         elif self.loss_fn == "phases":  # ours again, the same calls with timers between them
             logits, deltas, gt = ours_in_phases(self.model, batch)
+            self.sync()
             t1 = time.perf_counter()
             losses = self.model.losses(logits, deltas, gt)
+            self.sync()
             t2 = time.perf_counter()
         else:
             images = self.model.preprocess_image(batch).tensor
             logits, deltas = self.model.predict(images)
+            self.sync()
             t1 = time.perf_counter()
             losses = self.loss_fn(logits, deltas, batch)
+            self.sync()
             t2 = time.perf_counter()
         self.optimizer.zero_grad()
         sum(losses.values()).backward()
+        self.sync()
         t3 = time.perf_counter()
         self.optimizer.step()
+        self.sync()
         t4 = time.perf_counter()
         self.times.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3))
         self.losses = {k: float(v.detach()) for k, v in losses.items()}
@@ -172,18 +186,24 @@ def main():
     parser.add_argument("--baseline", action="store_true", help="also time the IoU baseline")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="MODEL.PRECISION of the 'ours, mixed' side (float32: no such side)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:N] for every side (default: cuda when there is a GPU)")
     args = parser.parse_args()
-    mixed = resolve_precision(args.precision, "cpu")
+    mixed = resolve_precision(args.precision, args.device)
     authors = None
     if args.paper_repo:
         MultiBoxLoss, PriorBox = load_paper_loss(args.paper_repo)
-        authors = (MultiBoxLoss, PriorBox(24.0, args.size).forward())
+        set_paper_device(args.device)  # their .cuda() calls reach the benchmark's device
+        authors = (MultiBoxLoss, PriorBox(24.0, args.size).forward().cuda())
+    where = (f"{torch.get_num_threads()} threads" if torch.device(args.device).type == "cpu"
+             else torch.cuda.get_device_name(torch.device(args.device)))
     print(f"{args.backbone}-{args.neck} {args.size}x{args.size}, batch {args.batch}, {args.num_classes} classes, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}; best of {args.repeats} steps per side, "
+          f"{args.device} ({where}), torch {torch.__version__}; best of {args.repeats} steps per side, "
           f"taken in turn")
     batch = make_batch(args.batch, args.size, args.num_classes)
     for mutual_guidance in (True, False) if args.baseline else (True,):
         cfg = make_cfg(args.backbone, args.neck, args.size, args.num_classes)
+        cfg.MODEL.DEVICE = args.device
         cfg.MODEL.MUTUAL_GUIDE.ENABLED = mutual_guidance
         torch.manual_seed(0)
         ours = build_model(cfg).train()

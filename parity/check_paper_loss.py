@@ -28,7 +28,7 @@ from paper_code import add_paper_repo_argument, import_paper  # noqa: E402
 
 
 def load_paper_loss(paper_repo):
-    """The authors' MultiBoxLoss and PriorBox, with their hard-coded .cuda() calls made no-ops (CPU only here)."""
+    """The authors' MultiBoxLoss and PriorBox; their hard-coded .cuda() calls go to set_paper_device's device."""
     loss_module, prior_module = import_paper(paper_repo, "utils.loss.multibox_loss", "utils.box.prior_box")
     return loss_module.MultiBoxLoss, prior_module.PriorBox
 

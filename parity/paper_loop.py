@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paper_code import import_paper, paper_networks  # noqa: E402
+from paper_code import import_paper, paper_networks, set_paper_device  # noqa: E402
 
 PAPER_FLOOR_LR = 1e-6  # main.py's warm-up start and cosine floor
 
@@ -99,18 +99,28 @@ class PaperDataset(Dataset):
 
 
 def train_paper_loop(paper_repo, dicts, *, size, num_classes, backbone, neck, mutual_guide, base_lr, warm_iter,
-                     max_iter, batch, workers, seed, log_every=50, on_step=None, pretrained=""):
+                     max_iter, batch, workers, seed, log_every=50, on_step=None, pretrained="", device="cpu"):
     """
     main.py's training loop on `dicts` (our dataset dicts of the training set); returns the trained model.
-    `seed` seeds torch, numpy and random (main.py leaves its seeding commented out).
+    `seed` seeds torch, numpy and random (main.py leaves its seeding commented out). The model, the priors and
+    each batch are placed with main.py's `.cuda()` calls, which reach `device` (set_paper_device).
+
+    Images without objects are left out: the authors' `preproc` gives such an image a zero-size dummy box, whose
+    encoded box target is log(0) = -inf, so one of them in a batch turns every later loss into NaN. Their own
+    datasets have none (VOC has no such image, their COCO loader drops them); compare with ours trained with
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS True, as the benchmarks do.
     """
+    dicts = [d for d in dicts if d.get("annotations")]
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     data_augment, voc = import_paper(paper_repo, "data.data_augment", "data.voc0712")
+    set_paper_device(device)
     model = build_paper_model(paper_repo, size, num_classes, backbone, neck, pretrained).train()
+    model.cuda()
     optimizer = paper_optimizer(model, base_lr)
     criterion, priors = paper_criterion(paper_repo, num_classes, size, mutual_guide)
+    priors = priors.cuda()
     dataset = PaperDataset(dicts, data_augment.preproc(size))
     epoch_size = len(dataset) // batch
     for iteration in range(max_iter):
@@ -121,6 +131,7 @@ def train_paper_loop(paper_repo, dicts, *, size, num_classes, backbone, neck, mu
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, targets = next(batches)
+        images, targets = images.cuda(), [anno.cuda() for anno in targets]
         loss_l, loss_c = criterion(model(images), priors, targets)
         loss = loss_l + loss_c
         optimizer.zero_grad()

@@ -123,6 +123,27 @@ def test_channel_shuffle_keeps_the_layout_and_equals_torchvisions(layout):
     assert y.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_concat_shuffle_equals_torchvisions_concatenation_and_shuffle(layout, dtype):
+    """Same values, layout and gradients as torch.cat + torchvision's shuffle, `first` half of a tensor as in the
+    stride-1 unit; and the plain operators while tracing (what export records)."""
+    from torchvision.models.shufflenetv2 import channel_shuffle as torchvision_shuffle
+
+    from mutual_guide.modeling.backbone.shufflenet import concat_shuffle
+
+    x = torch.randn(2, 12, 3, 5, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+    other = torch.randn(2, 6, 3, 5, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+    first = x.chunk(2, dim=1)[0]
+    y, expected = concat_shuffle(first, other), torchvision_shuffle(torch.cat((first, other), 1), 2)
+    assert torch.equal(y, expected) and y.is_contiguous(memory_format=layout)
+    grad = torch.randn_like(expected)
+    for got, want in zip(torch.autograd.grad(y, (x, other), grad), torch.autograd.grad(expected, (x, other), grad)):
+        assert torch.equal(got, want)
+    traced = torch.jit.trace(lambda a, b: concat_shuffle(a, b), (first.detach(), other.detach()))
+    assert "aten::cat" in str(traced.graph) and torch.equal(traced(first, other), expected)
+
+
 @pytest.mark.slow
 def test_nhwc_training_gives_the_nchw_losses_and_gradients(make_cfg):
     """In float64, where the two layouts' different summation orders leave no visible trace (in float32,

@@ -9,7 +9,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from mutual_guide.modeling.backbone import TwoMapBackbone, check_input_shape
 
-__all__ = ["SHUFFLENET_VERSIONS", "ShuffleNetV2Backbone", "channel_shuffle"]
+__all__ = ["SHUFFLENET_VERSIONS", "ShuffleNetV2Backbone", "channel_shuffle", "concat_shuffle"]
 
 _REPEATS = (4, 8, 4)
 _CHANNELS = (24, 116, 232, 464)
@@ -31,16 +31,50 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     return nhwc.permute(0, 3, 1, 2)
 
 
+class _InterleaveNHWC(torch.autograd.Function):
+    """
+    `concat_shuffle` of two NHWC tensors: each written once, into every other channel of the output; the backward
+    pass reads every other channel of the gradient back. Two strided copies each way, where the concatenation and
+    the shuffle make two full copies each way, bfloat16's much slower than float32's (3x at 58 channels, 80 x 80).
+    """
+
+    @staticmethod
+    def forward(ctx, first: Tensor, second: Tensor) -> Tensor:
+        n, c, h, w = first.shape
+        out = torch.empty((n, h, w, c, 2), dtype=first.dtype, device=first.device)
+        out[..., 0].copy_(first.permute(0, 2, 3, 1))
+        out[..., 1].copy_(second.permute(0, 2, 3, 1))
+        return out.view(n, h, w, 2 * c).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        n, c2, h, w = grad.shape
+        pairs = grad.permute(0, 2, 3, 1).reshape(n, h, w, c2 // 2, 2)
+        return pairs[..., 0].contiguous().permute(0, 3, 1, 2), pairs[..., 1].contiguous().permute(0, 3, 1, 2)
+
+
+def concat_shuffle(first: Tensor, second: Tensor) -> Tensor:
+    """
+    `channel_shuffle(torch.cat((first, second), 1), 2)` with one copy instead of two: channel 2j of the output is
+    channel j of `first`, channel 2j + 1 channel j of `second`; the same values and layout. While a model is
+    traced for export, the two plain operators (what ONNX and TorchScript know).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return channel_shuffle(torch.cat((first, second), dim=1), 2)
+    n, c, h, w = first.shape
+    if first.stride(1) != 1 or h * w == 1:  # NCHW (channels outermost after the batch); the stride-2 unit's too
+        return torch.stack((first, second), dim=2).view(n, 2 * c, h, w)
+    return _InterleaveNHWC.apply(first, second)  # NHWC, `first` possibly half of a tensor (x.chunk)
+
+
 class _InvertedResidual(InvertedResidual):
-    """torchvision's unit (same modules, same state dict keys) with the layout-keeping `channel_shuffle`."""
+    """torchvision's unit (same modules, same state dict keys), its concatenation and shuffle in one copy."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            out = torch.cat((x1, self.branch2(x2)), dim=1)
-        else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return channel_shuffle(out, 2)
+            return concat_shuffle(x1, self.branch2(x2))
+        return concat_shuffle(self.branch1(x), self.branch2(x))
 
 
 class ShuffleNetV2Backbone(TwoMapBackbone):
