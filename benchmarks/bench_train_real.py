@@ -77,7 +77,7 @@ def train_net_opts(args, out, precision):
         "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.MAX_ITER", str(args.iters),
         "SOLVER.WARMUP_ITERS", "5", "SOLVER.CHECKPOINT_PERIOD", str(10**9), "SOLVER.BASE_LR", "0.0025",
         "DATALOADER.NUM_WORKERS", str(args.workers), "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "True",
-        "MODEL.PRECISION", precision, "OUTPUT_DIR", out,
+        "MODEL.PRECISION", precision, "SEED", "0", "OUTPUT_DIR", out,
     ]
 
 
@@ -169,9 +169,11 @@ def main():
     if mixed.mixed:
         peaks[mixed.name] = max(peaks[mixed.name], matmul_peak(mixed.dtype, args.peak_size, args.device))
 
-    print(f"\n{len(dicts)} training images of {args.data}, {args.backbone}-{args.neck} {args.size}x{args.size}, batch "
-          f"{args.batch}, {args.workers} loader worker(s), {args.device} ({torch.get_num_threads()} threads), {args.iters} "
-          f"iterations a run (3 untimed), {args.repeats} runs a side in turn")
+    with_objects = sum(1 for d in dicts if d.get("annotations"))
+    print(f"\n{with_objects} training images with objects of the {len(dicts)} in {args.data} (both sides leave the "
+          f"others out), {args.backbone}-{args.neck} {args.size}x{args.size}, batch {args.batch}, {args.workers} "
+          f"loader worker(s), {args.device} ({torch.get_num_threads()} threads), {args.iters} iterations a run (3 "
+          f"untimed), {args.repeats} runs a side in turn")
     print("peak (matrix product %d^2): %s" % (args.peak_size, ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s"
                                                                           for k, v in peaks.items())))
     print(f"network training FLOPs per iteration: {flops / 1e9:.1f} GFLOP")

@@ -5,6 +5,8 @@ their checkpoints load by name, and `fusion.fold_batchnorm` finds each `conv` / 
 """
 from torch import Tensor, nn
 
+from mutual_guide.modeling.depthwise import StridedDepthwiseConv2d
+
 __all__ = ["BasicConv", "DepthwiseConv", "CONV_BLOCKS"]
 
 
@@ -16,7 +18,8 @@ class BasicConv(nn.Module):
         groups: int = 1, act: bool = True,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        self.conv = StridedDepthwiseConv2d.like(conv)  # itself unless depthwise and strided
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.SiLU(inplace=True) if act else None
 

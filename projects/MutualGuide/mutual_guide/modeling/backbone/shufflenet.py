@@ -8,6 +8,7 @@ from torchvision.models.shufflenetv2 import InvertedResidual
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from mutual_guide.modeling.backbone import TwoMapBackbone, check_input_shape
+from mutual_guide.modeling.depthwise import StridedDepthwiseConv2d
 
 __all__ = ["SHUFFLENET_VERSIONS", "ShuffleNetV2Backbone", "channel_shuffle", "concat_shuffle"]
 
@@ -68,7 +69,17 @@ def concat_shuffle(first: Tensor, second: Tensor) -> Tensor:
 
 
 class _InvertedResidual(InvertedResidual):
-    """torchvision's unit (same modules, same state dict keys), its concatenation and shuffle in one copy."""
+    """
+    torchvision's unit (same modules, same state dict keys), its concatenation and shuffle in one copy, its strided
+    depthwise convolutions `StridedDepthwiseConv2d` (fast bfloat16 training on the CPU).
+    """
+
+    def __init__(self, inp: int, oup: int, stride: int):
+        super().__init__(inp, oup, stride)
+        for branch in (self.branch1, self.branch2):
+            for i, layer in enumerate(branch):
+                if isinstance(layer, nn.Conv2d):
+                    branch[i] = StridedDepthwiseConv2d.like(layer)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
