@@ -4,7 +4,7 @@ their own model, preproc, loss, optimiser and LR rule, on the CPU) and our train
 with the same budget and both evaluated by our `train_net.py --eval-only` (the authors' state dict loads through
 our checkpointer), for one assignment. Prints AP, AP50, AP75 of both.
 
-    # real photographs (see tools/make_tree_tiles.py), issue 12's budget
+    # real photographs (see tools/make_tree_tiles.py), 600 iterations
     .venv/bin/python parity/train_side_by_side.py --paper-repo <checkout> --data datasets/trees --side both \\
         --iters 600 --batch 8 --lr 0.0025 --warmup 100 --size 320 [--iou] [--seed 0]
     # the demo's generated shapes (written under --data if it does not exist)
@@ -12,13 +12,14 @@ our checkpointer), for one assignment. Prints AP, AP50, AP75 of both.
         --side both --iters 400 --batch 16 --lr 0.04 --warmup 50 --size 128
 
 --data is a COCO-json folder: annotations/{train,test}.json and images/. Training images without objects are
-left out on both sides (the authors' loop cannot train on them: its dummy box gives NaN losses).
+left out on both sides (paper_loop.py says why).
 --side both trains the authors' loop, then ours; --side paper and --side ours in two processes run them at once
 (each with --threads; `--side seed` is the old name of `--side paper`); --eval-only re-scores what OUTPUT holds.
 --seed is the random seed of both sides.
 Both sides start from scratch unless --pretrained names torchvision's ImageNet file of the backbone (for
 ShuffleNetV2, shufflenetv2_x1-5666bf0f80.pth), which the authors' code always loads: nothing is downloaded.
-At issue 12's budget (600 iterations) from scratch neither side learns (AP under 1 on the tree tiles).
+At 600 iterations from scratch neither side learns the default tree tiles (AP under 1); the within-image split
+of tools/make_tree_tiles.py is one both learn.
 """
 import argparse
 import json

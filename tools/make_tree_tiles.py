@@ -1,8 +1,8 @@
 """
 A small detection dataset of real photographs, from the annotated aerial images that the `deepforest` package
 ships (NEON tree crowns, one class, VOC-style XML): cut into 300 x 300 tiles after scaling by 0.5, so that the
-crowns are about 20 pixels, as in issue 12's dataset. Writes COCO-json layout (PNG tiles, lossless, so that
-OpenCV and PIL read the same pixels):
+crowns are about 20 pixels. Writes COCO-json layout (PNG tiles, lossless, so that OpenCV and PIL read the same
+pixels):
 
     <output>/annotations/{train,test}.json, <output>/images/{train,test}_<image>_<x>_<y>.png
 
