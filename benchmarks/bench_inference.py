@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 import torch
+from device_timing import device_description, synchronizer
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -108,13 +109,6 @@ def spread_head(model, images: torch.Tensor, fraction: float):
     _, deltas = model.predict(images[:1])
     for conv in model.head.loc:
         conv.weight.mul_(0.5 / deltas.std())
-
-
-def synchronizer(device):
-    """A function that waits for the device's queued work (a GPU runs asynchronously); nothing on the CPU."""
-    if torch.device(device).type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
 
 
 def authors_side(paper_repo, cfg, model, images):
@@ -287,11 +281,10 @@ def main():
                 results[name].append(fn())
         times = {name: min(r[1:], key=lambda t: (t[0] or 0) + t[1]) for name, r in results.items()}
 
-    where = (f"{torch.get_num_threads()} threads" if paper.device.type == "cpu"
-             else torch.cuda.get_device_name(paper.device))
     print(f"{os.path.basename(args.config_file)}: {size}x{size}, {paper.num_classes} classes, "
           f"{len(paper.anchors)} anchors, {candidates} candidates above {paper.test_score_thresh} in image 0, "
-          f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, {args.device} ({where})")
+          f"detections {counts[0]} (ours) / {counts[1]} (paper), {args.images} images, "
+          f"{device_description(paper.device)}")
     print(f"{'per image':18} {'network ms':>11} {'post-process ms':>16} {'total ms':>9}")
     for name, (network, post) in times.items():
         if network is None:

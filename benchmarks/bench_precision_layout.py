@@ -16,6 +16,7 @@ import time
 
 import torch
 from bench_train_step import make_batch, make_cfg
+from device_timing import device_description, synchronizer
 
 from detectron2.modeling import build_model
 
@@ -41,7 +42,7 @@ def build(backbone, neck, size, num_classes, nhwc, device):
 
 def timed(fn, device):
     """Seconds of fn(), the device's queued work included (a GPU runs asynchronously)."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     sync()
     start = time.perf_counter()
     fn()
@@ -65,10 +66,8 @@ def main():
     # the reduced dtype MODEL.PRECISION "auto" takes here; where nothing is faster, bfloat16 is timed anyway
     reduced = resolve_precision("auto", args.device, capabilities=capabilities).dtype
     reduced = torch.bfloat16 if reduced == torch.float32 else reduced
-    where = (f"{torch.get_num_threads()} threads" if device_type == "cpu"
-             else torch.cuda.get_device_name(torch.device(args.device)))
-    print(f"{args.device} ({where}), torch {torch.__version__}, {args.size}x{args.size}, {args.num_classes} classes; "
-          f"{capabilities.detail}")
+    print(f"{device_description(args.device)}, torch {torch.__version__}, {args.size}x{args.size}, "
+          f"{args.num_classes} classes; {capabilities.detail}")
     if reduced == torch.float16:
         print("float16 steps run without loss scaling here: their times count, not their losses")
     tried = variants(reduced)

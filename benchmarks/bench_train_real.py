@@ -34,6 +34,7 @@ import time
 
 import torch
 from bench_data import load_dicts
+from device_timing import device_description, synchronizer
 
 from detectron2.modeling import build_model
 
@@ -94,13 +95,6 @@ def ours_seconds_per_iteration(args, precision):
         raise RuntimeError(f"train_net.py failed:\n{text[-3000:]}")
     # detectron2's IterationTimer: "Overall training speed: N iterations in H:MM:SS (X s / it)", first 3 left out
     return float(re.search(r"Overall training speed: .*\(([\d.]+) s / it\)", text).group(1))
-
-
-def synchronizer(device):
-    """A function that waits for the device's queued work (a GPU runs asynchronously); nothing on the CPU."""
-    if torch.device(device).type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
 
 
 def paper_seconds_per_iteration(args, dicts):
@@ -172,7 +166,7 @@ def main():
     with_objects = sum(1 for d in dicts if d.get("annotations"))
     print(f"\n{with_objects} training images with objects of the {len(dicts)} in {args.data} (both sides leave the "
           f"others out), {args.backbone}-{args.neck} {args.size}x{args.size}, batch {args.batch}, {args.workers} "
-          f"loader worker(s), {args.device} ({torch.get_num_threads()} threads), {args.iters} iterations a run (3 "
+          f"loader worker(s), {device_description(args.device)}, {args.iters} iterations a run (3 "
           f"untimed), {args.repeats} runs a side in turn")
     print("peak (matrix product %d^2): %s" % (args.peak_size, ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s"
                                                                           for k, v in peaks.items())))

@@ -31,6 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 from bench_assignment import random_ground_truth  # the same scenes as the assignment benchmark
+from device_timing import device_description, synchronizer
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -130,7 +131,7 @@ class Side:
 
     def __init__(self, name, model, loss_fn=None, precision=None):
         self.name, self.model, self.loss_fn = name, model, loss_fn
-        self.sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+        self.sync = synchronizer(model.device)
         self.precision = precision  # a mixed Precision for "ours, mixed"; None: float32
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         self.times, self.losses = [], None
@@ -195,10 +196,8 @@ def main():
         MultiBoxLoss, PriorBox = load_paper_loss(args.paper_repo)
         set_paper_device(args.device)  # their .cuda() calls reach the benchmark's device
         authors = (MultiBoxLoss, PriorBox(24.0, args.size).forward().cuda())
-    where = (f"{torch.get_num_threads()} threads" if torch.device(args.device).type == "cpu"
-             else torch.cuda.get_device_name(torch.device(args.device)))
     print(f"{args.backbone}-{args.neck} {args.size}x{args.size}, batch {args.batch}, {args.num_classes} classes, "
-          f"{args.device} ({where}), torch {torch.__version__}; best of {args.repeats} steps per side, "
+          f"{device_description(args.device)}, torch {torch.__version__}; best of {args.repeats} steps per side, "
           f"taken in turn")
     batch = make_batch(args.batch, args.size, args.num_classes)
     for mutual_guidance in (True, False) if args.baseline else (True,):
